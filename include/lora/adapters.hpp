@@ -1,0 +1,223 @@
+// lora::Adapters: the handle inject() returns. It names what was adapted, gives the
+// parameters to optimise, and merges, disables, saves and loads one named adapter.
+#pragma once
+
+#include <torch/optim/optimizer.h>
+#include <torch/ordered_dict.h>
+
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "linear.hpp"
+#include "parametrize.hpp"
+
+namespace lora {
+
+/// How a layer carries its adapter.
+enum class LayerKind {
+  lora_linear,   ///< a lora::Linear: the fast path (the adapter runs inside forward)
+  torch_linear,  ///< a plain torch::nn::Linear: the compatibility path (re-parametrized weight)
+};
+
+/// One adapted layer, as inject() reports it.
+struct LayerInfo {
+  std::string path;  ///< module path in the model, e.g. "transformer.layer.0.attention.q_lin"
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  int64_t rank = 0;
+  double alpha = 0;
+  double scale = 0;
+  LayerKind kind = LayerKind::lora_linear;
+};
+
+namespace detail {
+/// One adapted layer, whichever its kind.
+struct AdaptedLayer {
+  LayerInfo info;
+  std::shared_ptr<LinearImpl> fast;
+  std::shared_ptr<WeightParametrizationImpl> compat;
+
+  AdapterBank& bank() const { return fast ? fast->adapters : compat->adapters; }
+  torch::Tensor base_weight() const { return fast ? fast->weight : compat->base_weight(); }
+  void merge(const std::string& n) const { fast ? fast->merge(n) : compat->merge(n); }
+  void unmerge(const std::string& n) const { fast ? fast->unmerge(n) : compat->unmerge(n); }
+  void set_enabled(bool on) const { fast ? fast->set_adapters_enabled(on) : compat->set_adapters_enabled(on); }
+  void set_active(const std::vector<std::string>& names) const {
+    bank().set_active(names);
+    if (compat) compat->sync();
+  }
+  void remove(const std::string& n) const { fast ? fast->remove_adapter(n) : compat->remove_adapter(n); }
+  void sync() const {
+    if (compat) compat->sync();
+  }
+};
+}  // namespace detail
+
+class Adapters {
+ public:
+  Adapters() = default;
+  Adapters(std::string name, std::vector<detail::AdaptedLayer> layers,
+           std::vector<std::pair<std::string, torch::Tensor>> kept, int64_t model_parameters)
+      : name_(std::move(name)), layers_(std::move(layers)), kept_(std::move(kept)), model_parameters_(model_parameters) {
+    for (const auto& l : layers_) infos_.push_back(l.info);
+  }
+
+  /// The adapter's name (Config::adapter_name).
+  const std::string& name() const { return name_; }
+  /// The adapted layers, in model order.
+  const std::vector<LayerInfo>& layers() const { return infos_; }
+
+  /// What to give the optimizer: every A and B of this adapter, then the parameters kept
+  /// trainable (Config::keep_trainable).
+  std::vector<torch::Tensor> parameters() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& kv : named_parameters()) out.push_back(kv.second);
+    return out;
+  }
+  /// The same, named by their paths in the model ("<path>.lora_A.<name>.weight", ...).
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (const auto& l : layers_) {
+      const auto& a = adapter(l);
+      out.emplace_back(l.info.path + ".lora_A." + name_ + ".weight", a.A);
+      out.emplace_back(l.info.path + ".lora_B." + name_ + ".weight", a.B);
+    }
+    out.insert(out.end(), kept_.begin(), kept_.end());
+    return out;
+  }
+  /// Only the A tensors / only the B tensors (LoRA+ gives B a larger learning rate).
+  std::vector<torch::Tensor> a_parameters() const { return select(true); }
+  std::vector<torch::Tensor> b_parameters() const { return select(false); }
+  /// The parameters kept trainable, by path.
+  const std::vector<std::pair<std::string, torch::Tensor>>& kept_parameters() const { return kept_; }
+
+  /// Number of trainable values: adapters plus kept modules.
+  int64_t trainable_parameter_count() const {
+    int64_t n = 0;
+    for (const auto& kv : named_parameters()) n += kv.second.numel();
+    return n;
+  }
+  /// Number of values in the model's parameters at injection time (base + adapters).
+  int64_t model_parameter_count() const { return model_parameters_; }
+
+  /// One line per layer and a total, for logs.
+  std::string summary() const {
+    std::ostringstream s;
+    int64_t fast = 0;
+    for (const auto& l : infos_) fast += l.kind == LayerKind::lora_linear;
+    s << "lora: adapter '" << name_ << "' on " << infos_.size() << " layers (" << fast << " lora::Linear, "
+      << infos_.size() - fast << " torch::nn::Linear); trainable " << trainable_parameter_count() << " of "
+      << model_parameters_ << " parameters\n";
+    for (const auto& l : infos_)
+      s << "  " << l.path << "  (" << l.out_features << " x " << l.in_features << ")  r=" << l.rank
+        << " alpha=" << l.alpha << " scale=" << l.scale
+        << (l.kind == LayerKind::torch_linear ? "  [torch::nn::Linear, re-parametrized]" : "") << "\n";
+    return s.str();
+  }
+
+  /// Adds s * B A into each base weight; forward() then costs what the base costs.
+  void merge() const { for (const auto& l : layers_) l.merge(name_); }
+  /// Takes the adapter back out of each base weight (within float rounding).
+  void unmerge() const { for (const auto& l : layers_) l.unmerge(name_); }
+  /// disable(): every adapted layer computes exactly its base output (merged adapters are
+  /// unmerged first); enable() turns adapters back on.
+  void enable() const { for (const auto& l : layers_) l.set_enabled(true); }
+  void disable() const { for (const auto& l : layers_) l.set_enabled(false); }
+  /// Makes this adapter the only active one on its layers.
+  void activate() const { for (const auto& l : layers_) l.set_active({name_}); }
+  /// Removes this adapter from the model; the handle is empty afterwards.
+  void remove() {
+    for (const auto& l : layers_) l.remove(name_);
+    layers_.clear();
+    infos_.clear();
+    kept_.clear();
+  }
+
+  /// Recomputes the effective weights of torch::nn::Linear layers (compatibility path) from
+  /// the current A and B. Needed after changing A or B by hand; step() and load_state_dict()
+  /// call it for you. A no-op for lora::Linear layers.
+  void sync() const { for (const auto& l : layers_) l.sync(); }
+
+  /// optimizer.step(), then sync(): the one call a training loop needs on either path.
+  template <typename Optimizer>
+  void step(Optimizer& optimizer) const {
+    optimizer.step();
+    sync();
+  }
+
+  /// The adapter as named tensors "<path>.lora_A.weight" (r, in) and "<path>.lora_B.weight"
+  /// (out, r), PEFT's on-disk names without the "base_model.model." prefix.
+  torch::OrderedDict<std::string, torch::Tensor> state_dict() const {
+    torch::OrderedDict<std::string, torch::Tensor> out;
+    for (const auto& l : layers_) {
+      const auto& a = adapter(l);
+      out.insert(l.info.path + ".lora_A.weight", a.A.detach());
+      out.insert(l.info.path + ".lora_B.weight", a.B.detach());
+    }
+    return out;
+  }
+
+  /// Copies tensors named as state_dict() names them into this adapter. Every key and shape
+  /// is checked before anything is copied: on error nothing has changed. With strict, keys
+  /// this adapter lacks, and keys of this adapter missing from `state`, are errors.
+  void load_state_dict(const torch::OrderedDict<std::string, torch::Tensor>& state, bool strict = true) const {
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
+    std::vector<std::string> missing;
+    size_t used = 0;
+    for (const auto& l : layers_) {
+      const auto& a = adapter(l);
+      for (const auto& [suffix, dst] : {std::pair<std::string, torch::Tensor>{".lora_A.weight", a.A},
+                                        std::pair<std::string, torch::Tensor>{".lora_B.weight", a.B}}) {
+        const auto key = l.info.path + suffix;
+        const auto* src = state.find(key);
+        if (!src) {
+          missing.push_back(key);
+          continue;
+        }
+        ++used;
+        if (src->sizes() != dst.sizes())
+          throw ShapeError(detail::str("lora: adapter tensor '", key, "' has shape ", src->sizes(),
+                                       " but the model's has shape ", dst.sizes(),
+                                       ". The adapter was trained with another rank or on another model."));
+        copies.emplace_back(dst, *src);
+      }
+    }
+    if (strict && !missing.empty())
+      throw ShapeError(detail::str("lora: the state lacks ", missing.size(), " adapter tensor(s), e.g. '",
+                                   missing.front(), "'. Pass strict = false to load a subset."));
+    if (strict && used != state.size()) {
+      std::vector<std::string> unexpected;
+      for (const auto& item : state) {
+        bool known = false;
+        for (const auto& l : layers_)
+          known |= item.key() == l.info.path + ".lora_A.weight" || item.key() == l.info.path + ".lora_B.weight";
+        if (!known) unexpected.push_back(item.key());
+      }
+      throw ShapeError(detail::str("lora: the state has ", unexpected.size(), " tensor(s) that match no adapted layer, e.g. '",
+                                   unexpected.front(), "'. Check the target layers, or pass strict = false."));
+    }
+    torch::NoGradGuard no_grad;
+    for (auto& [dst, src] : copies) dst.copy_(src);
+    sync();
+  }
+
+ private:
+  const Adapter& adapter(const detail::AdaptedLayer& l) const { return l.bank().get(name_); }
+  std::vector<torch::Tensor> select(bool a_side) const {
+    std::vector<torch::Tensor> out;
+    for (const auto& l : layers_) out.push_back(a_side ? adapter(l).A : adapter(l).B);
+    return out;
+  }
+
+  std::string name_;
+  std::vector<detail::AdaptedLayer> layers_;
+  std::vector<LayerInfo> infos_;
+  std::vector<std::pair<std::string, torch::Tensor>> kept_;
+  int64_t model_parameters_ = 0;
+};
+
+}  // namespace lora

@@ -1,0 +1,109 @@
+// Init policies: how A (r, in) and B (out, r) start, and, for PiSSA and OLoRA, how the base
+// weight W (out, in) is changed so that the layer's output is unchanged at step 0.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+
+#include "error.hpp"
+
+namespace lora {
+
+/// What an init policy sees and fills. Every tensor is a CPU float32 tensor; the library
+/// copies the result to the layer's device and dtype, so a seed gives the same adapter on
+/// every device.
+struct InitContext {
+  at::Tensor A;       ///< (r, in), zero on entry: fill it in place.
+  at::Tensor B;       ///< (out, r), zero on entry: fill it in place.
+  at::Tensor weight;  ///< (out, in), the base weight W; write it in place if `changes_base`.
+  double scale = 1;   ///< s, from the scaling policy.
+  int64_t rank = 0;   ///< r.
+  at::Generator generator;  ///< seeded from Config::seed, the layer's path and the adapter name.
+};
+
+/// A named init rule. `changes_base` says that `apply` rewrites `ctx.weight` (PiSSA, OLoRA).
+struct Init {
+  std::string name;
+  std::function<void(InitContext&)> apply;
+  bool changes_base = false;
+};
+
+namespace init {
+
+/// A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0: PEFT's default (kaiming_uniform with a = sqrt(5))
+/// and the seed study's. The adapter starts as an exact no-op and B = 0 acts as a warm-up.
+inline Init uniform_zero() {
+  return {"uniform-zero", [](InitContext& c) {
+            const double bound = 1.0 / std::sqrt(static_cast<double>(c.A.size(1)));
+            c.A.uniform_(-bound, bound, c.generator);
+          }};
+}
+
+/// A ~ N(0, (1/r)^2), B = 0: PEFT's init_lora_weights="gaussian". Also an exact no-op at start.
+inline Init gaussian_zero() {
+  return {"gaussian-zero", [](InitContext& c) {
+            c.A.normal_(0.0, 1.0 / static_cast<double>(c.rank), c.generator);
+          }};
+}
+
+/// A, B ~ N(0, sigma^2). The seed study's failing variant: with sigma = 1 the initial update
+/// s * B A is huge and training collapses to chance. Kept to reproduce that result.
+inline Init gaussian_gaussian(double sigma = 1.0) {
+  if (!(sigma > 0) || !std::isfinite(sigma))
+    throw ConfigError(detail::str("init::gaussian_gaussian: sigma must be a positive finite number, got ",
+                                  sigma, ". Pass e.g. 1.0 (the seed study) or 0.02."));
+  return {"gaussian-gaussian(" + std::to_string(sigma) + ")", [sigma](InitContext& c) {
+            c.A.normal_(0.0, sigma, c.generator);
+            c.B.normal_(0.0, sigma, c.generator);
+          }};
+}
+
+/// PiSSA (Meng et al. 2024): W = U S V^T, A = sqrt(S_r/s) V_r^T, B = U_r sqrt(S_r/s),
+/// W <- W - s B A. The adapter holds the principal directions; output is unchanged at step 0.
+inline Init pissa() {
+  Init p{"pissa", [](InitContext& c) {
+           auto W = c.weight.to(at::kDouble);
+           auto usv = at::linalg_svd(W, /*full_matrices=*/false);
+           auto U = std::get<0>(usv).narrow(1, 0, c.rank);    // (out, r)
+           auto S = std::get<1>(usv).narrow(0, 0, c.rank);    // (r)
+           auto Vh = std::get<2>(usv).narrow(0, 0, c.rank);   // (r, in)
+           auto root = (S / c.scale).sqrt();
+           auto A = root.unsqueeze(1) * Vh;                    // (r, in)
+           auto B = U * root.unsqueeze(0);                     // (out, r)
+           c.A.copy_(A);
+           c.B.copy_(B);
+           c.weight.copy_(W - c.scale * B.mm(A));
+         }};
+  p.changes_base = true;
+  return p;
+}
+
+/// OLoRA (Büyükakyüz 2024): W = Q R, B = Q[:, :r], A = R[:r], W <- W - s B A.
+/// Orthonormal B; output is unchanged at step 0.
+inline Init olora() {
+  Init p{"olora", [](InitContext& c) {
+           auto W = c.weight.to(at::kDouble);
+           auto qr = at::linalg_qr(W, "reduced");
+           auto B = std::get<0>(qr).narrow(1, 0, c.rank);  // (out, r)
+           auto A = std::get<1>(qr).narrow(0, 0, c.rank);  // (r, in)
+           c.A.copy_(A);
+           c.B.copy_(B);
+           c.weight.copy_(W - c.scale * B.mm(A));
+         }};
+  p.changes_base = true;
+  return p;
+}
+
+/// Your own rule. `changes_base` must be true if `fn` writes ctx.weight.
+inline Init custom(std::string name, std::function<void(InitContext&)> fn, bool changes_base = false) {
+  return {std::move(name), std::move(fn), changes_base};
+}
+
+}  // namespace init
+}  // namespace lora

@@ -1,0 +1,27 @@
+# Configures, builds and runs tests/downstream against lora, in one of two modes:
+#   MODE=find_package     : stage `cmake --install` of LORA_BUILD_DIR, then find_package(lora)
+#   MODE=add_subdirectory : add_subdirectory(LORA_SOURCE_DIR)
+cmake_minimum_required(VERSION 3.18)
+
+function(run)
+  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    string(REPLACE ";" " " cmd "${ARGV}")
+    message(FATAL_ERROR "downstream (${MODE}): failed (${rc}): ${cmd}")
+  endif()
+endfunction()
+
+file(REMOVE_RECURSE ${WORK_DIR})
+set(prefix_path "${CMAKE_PREFIX_PATH_OUTER}")
+if(MODE STREQUAL "find_package")
+  run(${CMAKE_COMMAND} --install ${LORA_BUILD_DIR} --prefix ${WORK_DIR}/stage)
+  list(PREPEND prefix_path ${WORK_DIR}/stage)
+  set(extra)
+else()
+  set(extra -DLORA_SOURCE_DIR=${LORA_SOURCE_DIR})
+endif()
+string(REPLACE ";" "\\;" prefix_arg "${prefix_path}")
+run(${CMAKE_COMMAND} -S ${LORA_SOURCE_DIR}/tests/downstream -B ${WORK_DIR}/build -G ${GENERATOR}
+    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${prefix_arg}" ${extra})
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
+run(${WORK_DIR}/build/downstream)
