@@ -32,7 +32,7 @@ struct AdaptableLayer {
 namespace detail {
 /// True for the modules the library itself registers (adapter holders, parametrizations).
 inline bool is_internal_path(const std::string& path) {
-  for (const char* part : {"lora_A", "lora_B", WeightParametrizationImpl::kChildName}) {
+  for (const char* part : {"lora_A", "lora_B", AdapterBank::kMagnitude, WeightParametrizationImpl::kChildName}) {
     const std::string p = part;
     if (path == p || path.rfind(p + ".", 0) == 0 || path.find("." + p) != std::string::npos) return true;
   }
@@ -47,6 +47,17 @@ inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> u
   return out;
 }
 }  // namespace detail
+
+/// model.parameters() with tied tensors (one tensor under two names, e.g. GPT-2's wte and
+/// lm_head) listed once: what to count, and what to give a full fine-tuning optimizer, which
+/// would otherwise update a tied tensor twice per step.
+inline std::vector<torch::Tensor> unique_parameters(const torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  std::set<const void*> seen;
+  for (const auto& p : model.parameters())
+    if (seen.insert(p.unsafeGetTensorImpl()).second) out.push_back(p);
+  return out;
+}
 
 /// Every lora::Linear and torch::nn::Linear in `model` (each module once, under its first path).
 inline std::vector<AdaptableLayer> adaptable_layers(torch::nn::Module& model) {
@@ -139,6 +150,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     s.dropout = config.dropout;
     s.init = config.init;
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
+    s.use_dora = config.use_dora;
     const auto limit = std::min(l->in_features(), l->out_features());
     if (s.rank > limit)
       throw ConfigError(detail::str("lora::inject: rank ", s.rank, " is larger than layer '", l->path, "' allows (",
@@ -153,6 +165,10 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
                                     "re-parametrizes the weight and never sees the input, so LoRA dropout ",
                                     s.dropout, " cannot be applied. Set Config::dropout = 0 or declare the layer "
                                     "as lora::Linear."));
+    if (l->plain && s.use_dora)
+      throw ConfigError(detail::str("lora::inject: layer '", l->path, "' is a plain torch::nn::Linear; its adapter ",
+                                    "re-parametrizes the weight and never sees the input, so DoRA (use_dora) cannot ",
+                                    "be applied. Set Config::use_dora = false or declare the layer as lora::Linear."));
     const auto* bank = l->fast ? &l->fast->adapters : nullptr;
     if (l->plain)
       if (auto* c = l->plain->named_children().find(WeightParametrizationImpl::kChildName))
@@ -195,14 +211,46 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   }
 
   int64_t total = 0;
-  for (auto& p : model.parameters()) {
+  for (auto& p : unique_parameters(model)) {
     total += p.numel();
     if (config.freeze_base) p.set_requires_grad(false);
   }
-  Adapters handle(config.adapter_name, std::move(adapted), std::move(kept), total);
+  Adapters handle(config.adapter_name, std::move(adapted), std::move(kept), total, config);
   for (auto& p : handle.parameters()) p.set_requires_grad(true);
   handle.sync();
   return handle;
+}
+
+/// Makes `names` the active adapters of every adapted layer of `model`, in that order (each
+/// layer gets the subset of `names` it has; an empty list deactivates every adapter). Several
+/// adapters active at once add up (DoRA ones rescale the base output, see lora::Linear).
+/// Throws ConfigError, before changing anything, for a name no layer has.
+inline void set_active_adapters(torch::nn::Module& model, const std::vector<std::string>& names) {
+  std::vector<detail::AdaptedLayer> layers;
+  std::set<std::string> seen;
+  for (const auto& l : adaptable_layers(model)) {
+    detail::AdaptedLayer a;
+    if (l.fast) {
+      a.fast = l.fast;
+    } else if (auto* c = l.plain->named_children().find(WeightParametrizationImpl::kChildName)) {
+      a.compat = std::dynamic_pointer_cast<WeightParametrizationImpl>(*c);
+    }
+    if (!a.fast && !a.compat) continue;
+    for (const auto& n : a.bank().names()) seen.insert(n);
+    layers.push_back(std::move(a));
+  }
+  for (const auto& n : names)
+    if (!seen.count(n)) {
+      std::vector<std::string> have(seen.begin(), seen.end());
+      throw ConfigError(detail::str("lora::set_active_adapters: no layer of the model has an adapter named '", n,
+                                    "'; the model has: ", detail::quoted_list(have), "."));
+    }
+  for (const auto& l : layers) {
+    std::vector<std::string> mine;
+    for (const auto& n : names)
+      if (l.bank().has(n)) mine.push_back(n);
+    l.set_active(mine);
+  }
 }
 
 /// inject() for a module holder (a TORCH_MODULE type such as torch::nn::Sequential).
