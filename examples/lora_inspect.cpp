@@ -3,7 +3,7 @@
 //
 //   lora_inspect tensors FILE.safetensors
 //   lora_inspect tokenize --tokenizer-dir D --kind bert|gpt2 (--text-file F | --texts F.json)
-//   lora_inspect forward --model-dir D --input F.json
+//   lora_inspect forward --model-dir D --input F.json [--adapter PEFT_DIR]
 //   lora_inspect ppl --model-dir D --text-file F [--block-size N]
 #include <CLI/CLI.hpp>
 #include <lora/lora.hpp>
@@ -18,6 +18,7 @@
 #include "data/batching.hpp"
 #include "data/wikitext.hpp"
 #include "models/checkpoint.hpp"
+#include "models/export.hpp"
 #include "text/bpe.hpp"
 #include "text/wordpiece.hpp"
 
@@ -95,7 +96,17 @@ int cmd_tokenize(const std::string& dir, const std::string& kind, const std::str
   return 0;
 }
 
-int cmd_forward(const std::string& dir, const std::string& input_file) {
+/// Loads the PEFT adapter folder `adapter` (if given) onto `model`; returns the adapter's
+/// description for the output.
+json apply_adapter(torch::nn::Module& model, const std::string& adapter, const lora::peft::HfMapping& mapping) {
+  if (adapter.empty()) return nullptr;
+  lora::peft::LoadOptions opts;
+  opts.mapping = mapping;
+  const auto a = lora::peft::load(model, adapter, opts);
+  return {{"dir", adapter}, {"layers", a.layers().size()}, {"dora", a.dora()}};
+}
+
+int cmd_forward(const std::string& dir, const std::string& input_file, const std::string& adapter) {
   const auto input = read_json(input_file);
   const auto ids = ids_tensor(input.at("input_ids"), "input_ids");  // (B, T)
   torch::Tensor mask;
@@ -110,23 +121,29 @@ int cmd_forward(const std::string& dir, const std::string& input_file) {
                                                                 weights.contains("vocab_transform.weight"));
     if (mlm) {
       auto loaded = models::load_distilbert_mlm(dir);
+      const auto applied = apply_adapter(*loaded.model, adapter, models::distilbert_peft_mapping());
       loaded.model->eval();
       auto y = loaded.model->forward(ids, mask);
       out = {{"model", "DistilBertForMaskedLM"}, {"logits", to_json(y.logits)},
              {"last_hidden_state", to_json(y.last_hidden_state)}};
+      if (!applied.is_null()) out["adapter"] = applied;
     } else {
       auto loaded = models::load_distilbert(dir);
+      const auto applied = apply_adapter(*loaded.model, adapter, models::distilbert_peft_mapping());
       loaded.model->eval();
       auto y = loaded.model->forward(ids, mask);
       out = {{"model", "DistilBertForSequenceClassification"}, {"logits", to_json(y.logits)},
              {"last_hidden_state", to_json(y.last_hidden_state)}};
       if (!loaded.report.initialized.empty()) out["note"] = "the classification head was not in the checkpoint: random (seed 0)";
+      if (!applied.is_null()) out["adapter"] = applied;
     }
   } else if (type == "gpt2") {
     auto loaded = models::load_gpt2(dir);
+    const auto applied = apply_adapter(*loaded.model, adapter, models::gpt2_peft_mapping());
     loaded.model->eval();
     auto logits = loaded.model->forward(ids, mask);  // (B, T, V)
     out = {{"model", "GPT2LMHeadModel"}, {"logits", to_json(logits)}};
+    if (!applied.is_null()) out["adapter"] = applied;
     if (input.contains("labels") && !input["labels"].is_null())
       out["loss"] = models::causal_lm_loss(logits, ids_tensor(input["labels"], "labels")).item<double>();
   } else {
@@ -189,12 +206,15 @@ int main(int argc, char** argv) {
   auto* tj = tokenize->add_option("--texts", texts_json, "JSON {\"texts\": [...]} (for texts with newlines)");
   tf->excludes(tj);
 
-  std::string model_dir, input;
+  std::string model_dir, input, adapter_dir;
   auto* forward = app.add_subcommand("forward", "logits (and last_hidden_state or loss) for given input ids");
   forward->add_option("--model-dir", model_dir, "Hub folder: config.json + model.safetensors")->required();
   forward->add_option("--input", input,
                       "JSON {\"input_ids\": [[...]], \"attention_mask\": [[...]] or null, \"labels\": [[...]] (GPT-2)}")
       ->required();
+  forward->add_option("--adapter", adapter_dir,
+                      "PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to load onto the model "
+                      "before the forward pass");
 
   int64_t block_size = 1024, batch = 8;
   std::string ppl_text;
@@ -212,7 +232,7 @@ int main(int argc, char** argv) {
       if (text_file.empty() && texts_json.empty()) throw lora::Error("tokenize needs --text-file or --texts");
       return cmd_tokenize(tok_dir, kind, text_file, texts_json);
     }
-    if (*forward) return cmd_forward(model_dir, input);
+    if (*forward) return cmd_forward(model_dir, input, adapter_dir);
     if (*ppl) return cmd_ppl(model_dir, ppl_text, block_size, batch);
   } catch (const std::exception& e) {
     std::cerr << "lora_inspect: " << e.what() << "\n";

@@ -5,10 +5,11 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config git curl ca-certificates
+  build-essential cmake ninja-build pkg-config git curl unzip ca-certificates
   libtorch-dev
   libopenblas0-pthread   # without it Debian's LibTorch runs on the reference BLAS: ~40x slower matmuls
   libfmt-dev catch2 nlohmann-json3-dev libcli11-dev libutf8proc-dev
+  librsvg2-bin           # rsvg-convert: the sweeps' plots as PNG too (SVG is always written)
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +39,24 @@ inline bool available(const fs::path& p) {
   do {                          \
     if (!::lora_test::available(path)) return; \
   } while (0)
+
+/// What a program printed on stdout, and how it ended (pclose()'s status: 0 on success).
+struct ProgramRun {
+  int status = -1;
+  std::string out;
+};
+
+/// Runs a shell command line, capturing its stdout (stderr goes to the test log).
+inline ProgramRun run_program(const std::string& command) {
+  ProgramRun r;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
+  r.status = pclose(pipe);
+  return r;
+}
 
 inline std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

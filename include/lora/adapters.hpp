@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "config.hpp"
 #include "linear.hpp"
 #include "parametrize.hpp"
 
@@ -61,30 +62,45 @@ class Adapters {
  public:
   Adapters() = default;
   Adapters(std::string name, std::vector<detail::AdaptedLayer> layers,
-           std::vector<std::pair<std::string, torch::Tensor>> kept, int64_t model_parameters)
-      : name_(std::move(name)), layers_(std::move(layers)), kept_(std::move(kept)), model_parameters_(model_parameters) {
+           std::vector<std::pair<std::string, torch::Tensor>> kept, int64_t model_parameters, Config config = {})
+      : name_(std::move(name)),
+        layers_(std::move(layers)),
+        kept_(std::move(kept)),
+        model_parameters_(model_parameters),
+        config_(std::move(config)) {
     for (const auto& l : layers_) infos_.push_back(l.info);
   }
 
   /// The adapter's name (Config::adapter_name).
   const std::string& name() const { return name_; }
+  /// The Config inject() was given (what lora::peft::save writes to adapter_config.json).
+  const Config& config() const { return config_; }
+  /// Whether the adapter is a DoRA adapter (Config::use_dora).
+  bool dora() const {
+    for (const auto& l : layers_)
+      if (adapter(l).dora()) return true;
+    return false;
+  }
   /// The adapted layers, in model order.
   const std::vector<LayerInfo>& layers() const { return infos_; }
 
-  /// What to give the optimizer: every A and B of this adapter, then the parameters kept
-  /// trainable (Config::keep_trainable).
+  /// What to give the optimizer: every A and B (and DoRA magnitude) of this adapter, then the
+  /// parameters kept trainable (Config::keep_trainable).
   std::vector<torch::Tensor> parameters() const {
     std::vector<torch::Tensor> out;
     for (const auto& kv : named_parameters()) out.push_back(kv.second);
     return out;
   }
-  /// The same, named by their paths in the model ("<path>.lora_A.<name>.weight", ...).
+  /// The same, named by their paths in the model ("<path>.lora_A.<name>.weight", ...,
+  /// "<path>.lora_magnitude_vector.<name>.weight" for DoRA).
   std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     for (const auto& l : layers_) {
       const auto& a = adapter(l);
       out.emplace_back(l.info.path + ".lora_A." + name_ + ".weight", a.A);
       out.emplace_back(l.info.path + ".lora_B." + name_ + ".weight", a.B);
+      if (a.dora())
+        out.emplace_back(l.info.path + "." + AdapterBank::kMagnitude + "." + name_ + ".weight", a.magnitude);
     }
     out.insert(out.end(), kept_.begin(), kept_.end());
     return out;
@@ -92,6 +108,13 @@ class Adapters {
   /// Only the A tensors / only the B tensors (LoRA+ gives B a larger learning rate).
   std::vector<torch::Tensor> a_parameters() const { return select(true); }
   std::vector<torch::Tensor> b_parameters() const { return select(false); }
+  /// DoRA's magnitude vectors (empty without DoRA).
+  std::vector<torch::Tensor> magnitude_parameters() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& l : layers_)
+      if (adapter(l).dora()) out.push_back(adapter(l).magnitude);
+    return out;
+  }
   /// The parameters kept trainable, by path.
   const std::vector<std::pair<std::string, torch::Tensor>>& kept_parameters() const { return kept_; }
 
@@ -114,7 +137,7 @@ class Adapters {
       << model_parameters_ << " parameters\n";
     for (const auto& l : infos_)
       s << "  " << l.path << "  (" << l.out_features << " x " << l.in_features << ")  r=" << l.rank
-        << " alpha=" << l.alpha << " scale=" << l.scale
+        << " alpha=" << l.alpha << " scale=" << l.scale << (config_.use_dora ? " dora" : "")
         << (l.kind == LayerKind::torch_linear ? "  [torch::nn::Linear, re-parametrized]" : "") << "\n";
     return s.str();
   }
@@ -150,13 +173,15 @@ class Adapters {
   }
 
   /// The adapter as named tensors "<path>.lora_A.weight" (r, in) and "<path>.lora_B.weight"
-  /// (out, r), PEFT's on-disk names without the "base_model.model." prefix.
+  /// (out, r), and for DoRA "<path>.lora_magnitude_vector" (out): PEFT's on-disk names without
+  /// the "base_model.model." prefix.
   torch::OrderedDict<std::string, torch::Tensor> state_dict() const {
     torch::OrderedDict<std::string, torch::Tensor> out;
     for (const auto& l : layers_) {
       const auto& a = adapter(l);
       out.insert(l.info.path + ".lora_A.weight", a.A.detach());
       out.insert(l.info.path + ".lora_B.weight", a.B.detach());
+      if (a.dora()) out.insert(l.info.path + "." + AdapterBank::kMagnitude, a.magnitude.detach());
     }
     return out;
   }
@@ -170,8 +195,9 @@ class Adapters {
     size_t used = 0;
     for (const auto& l : layers_) {
       const auto& a = adapter(l);
-      for (const auto& [suffix, dst] : {std::pair<std::string, torch::Tensor>{".lora_A.weight", a.A},
-                                        std::pair<std::string, torch::Tensor>{".lora_B.weight", a.B}}) {
+      std::vector<std::pair<std::string, torch::Tensor>> parts = {{".lora_A.weight", a.A}, {".lora_B.weight", a.B}};
+      if (a.dora()) parts.emplace_back(std::string(".") + AdapterBank::kMagnitude, a.magnitude);
+      for (const auto& [suffix, dst] : parts) {
         const auto key = l.info.path + suffix;
         const auto* src = state.find(key);
         if (!src) {
@@ -194,7 +220,8 @@ class Adapters {
       for (const auto& item : state) {
         bool known = false;
         for (const auto& l : layers_)
-          known |= item.key() == l.info.path + ".lora_A.weight" || item.key() == l.info.path + ".lora_B.weight";
+          known |= item.key() == l.info.path + ".lora_A.weight" || item.key() == l.info.path + ".lora_B.weight" ||
+                   (adapter(l).dora() && item.key() == l.info.path + "." + AdapterBank::kMagnitude);
         if (!known) unexpected.push_back(item.key());
       }
       throw ShapeError(detail::str("lora: the state has ", unexpected.size(), " tensor(s) that match no adapted layer, e.g. '",
@@ -218,6 +245,7 @@ class Adapters {
   std::vector<LayerInfo> infos_;
   std::vector<std::pair<std::string, torch::Tensor>> kept_;
   int64_t model_parameters_ = 0;
+  Config config_;
 };
 
 }  // namespace lora

@@ -40,6 +40,10 @@ struct Config {
   std::vector<std::string> keep_trainable;
   /// Freeze every parameter that is not an adapter's or kept trainable (the usual LoRA setup).
   bool freeze_base = true;
+  /// rank > min(in, out) of a layer is an error unless this is set. Such an adapter works
+  /// (B A then has rank min(in, out)) but wastes parameters; PEFT allows it silently, and the
+  /// seed study relies on it (r up to 128 on its 768 -> 4 classifier). Never for PiSSA/OLoRA.
+  bool allow_rank_above_min = false;
 
   Init init = init::uniform_zero();
   Scaling scaling = scaling::alpha_over_rank();
@@ -48,6 +52,12 @@ struct Config {
 
   /// The adapter's name, for several adapters on one model ("default" as in PEFT).
   std::string adapter_name = "default";
+
+  /// DoRA (Liu et al. 2024, PEFT's use_dora): each adapted layer also learns a magnitude m per
+  /// output row, initialised to the row norms of W + s B A, and computes
+  /// y = (m / ||W + s B A||_row) (W + s B A) x + b with the norm detached from the gradient.
+  /// lora::Linear layers only (a plain torch::nn::Linear gets a ConfigError).
+  bool use_dora = false;
 
   /// Per-layer rank and alpha, as PEFT's rank_pattern / alpha_pattern: a key K applies to a
   /// layer whose path matches the regex "(.*\.)?(K)$"; the first matching key (in key order) wins.

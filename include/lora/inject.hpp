@@ -151,12 +151,15 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     s.init = config.init;
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
     s.use_dora = config.use_dora;
+    s.allow_rank_above_min = config.allow_rank_above_min;
     const auto limit = std::min(l->in_features(), l->out_features());
-    if (s.rank > limit)
+    if (s.rank > limit && (!s.allow_rank_above_min || s.init.changes_base))
       throw ConfigError(detail::str("lora::inject: rank ", s.rank, " is larger than layer '", l->path, "' allows (",
                                     l->out_features(), " x ", l->in_features(), ": at most ", limit,
-                                    "). Lower Config::rank, exclude the layer, or give it a smaller rank with "
-                                    "rank_pattern[\"", l->path.substr(l->path.rfind('.') + 1), "\"]."));
+                                    s.init.changes_base ? " with init '" + s.init.name + "'" : std::string(),
+                                    "). Lower Config::rank, exclude the layer, give it a smaller rank with "
+                                    "rank_pattern[\"", l->path.substr(l->path.rfind('.') + 1),
+                                    "\"], or set Config::allow_rank_above_min."));
     if (!std::isfinite(s.scale))
       throw ConfigError(detail::str("lora::inject: scaling '", config.scaling.name, "' gives scale ", s.scale,
                                     " for layer '", l->path, "' (alpha ", s.alpha, ", rank ", s.rank, ")."));

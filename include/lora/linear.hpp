@@ -2,6 +2,9 @@
 // and "bias" (out), so base checkpoints load unchanged) that can carry LoRA adapters:
 //   y = x W^T + b + sum over active adapters of s * (dropout(x) A^T) B^T
 // With no adapter (or adapters disabled) it computes exactly what torch::nn::Linear does.
+// A DoRA adapter (AdapterSpec::use_dora) instead contributes (m/n - 1) x W^T + (m/n) s (dropout(x) A^T) B^T,
+// n = ||W + s B A||_row detached, so that alone it gives y = (m/n) (x W^T + s (dropout(x) A^T) B^T) + b
+// (see functional::add_dora).
 #pragma once
 
 #include <torch/nn/functional/linear.h>
@@ -47,9 +50,17 @@ class LinearImpl : public torch::nn::Module {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
-    auto y = torch::nn::functional::linear(x, weight, bias);  // (..., out)
-    for (const Adapter* a : adapters.pending())
-      y = functional::add_lora(y, x, a->A, a->B, a->scale, a->dropout, is_training());
+    const auto pending = adapters.pending();
+    for (const Adapter* a : pending)
+      if (a->dora()) return forward_dora(x, pending);
+    if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
+    // The first adapter shares the base product's autograd node (functional::lora_linear);
+    // any further ones are added on top.
+    const Adapter& first = *pending.front();
+    auto y = functional::lora_linear(x, weight, bias, first.A, first.B, first.scale, first.dropout, is_training());
+    for (size_t i = 1; i < pending.size(); ++i)
+      y = functional::add_lora(y, x, pending[i]->A, pending[i]->B, pending[i]->scale, pending[i]->dropout,
+                               is_training());
     return y;
   }
 
@@ -69,7 +80,7 @@ class LinearImpl : public torch::nn::Module {
            << ", bias=" << options.bias();
     for (const auto& kv : adapters.adapters())
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
-             << (kv.second.merged ? ", merged" : "") << ")";
+             << (kv.second.dora() ? ", dora" : "") << (kv.second.merged ? ", merged" : "") << ")";
     stream << ")";
   }
 
@@ -77,6 +88,26 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor weight;  ///< (out, in)
   torch::Tensor bias;    ///< (out) or undefined
   AdapterBank adapters;
+
+ private:
+  /// forward() when a DoRA adapter is pending: base = x W^T is computed once (no bias), each
+  /// DoRA adapter turns it into (m/n) (base + s lora), each LoRA adapter adds s lora, then the
+  /// bias is added. With one DoRA adapter: y = (m/n) (x W^T + s (dropout(x) A^T) B^T) + b.
+  torch::Tensor forward_dora(const torch::Tensor& x, const std::vector<const Adapter*>& pending) {
+    const auto base = torch::nn::functional::linear(x, weight);  // (..., out), no bias
+    torch::Tensor y = base;
+    bool y_is_base = true;
+    for (const Adapter* a : pending) {
+      if (!a->dora()) {
+        y = functional::add_lora(y, x, a->A, a->B, a->scale, a->dropout, is_training());
+      } else {
+        auto t = functional::add_dora(base, x, weight, a->A, a->B, a->magnitude, a->scale, a->dropout, is_training());
+        y = y_is_base ? t : y + (t - base);
+      }
+      y_is_base = false;
+    }
+    return bias.defined() ? y + bias : y;
+  }
 };
 
 TORCH_MODULE(Linear);

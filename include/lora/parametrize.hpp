@@ -86,6 +86,11 @@ class WeightParametrizationImpl : public torch::nn::Module {
   }
 
   Adapter& add_adapter(const std::string& name, const AdapterSpec& spec) {
+    if (spec.use_dora)
+      throw ConfigError(detail::str(
+          "lora: layer '", path_, "' is a plain torch::nn::Linear, adapted by re-parametrizing its weight; DoRA "
+          "(use_dora) needs the layer's input and is supported on lora::Linear only. Declare the layer as "
+          "lora::Linear, or set Config::use_dora = false."));
     if (spec.dropout > 0)
       throw ConfigError(detail::str(
           "lora: layer '", path_, "' is a plain torch::nn::Linear, adapted by re-parametrizing its weight, which "

@@ -1,8 +1,6 @@
 // lora_inspect end to end: the program's JSON output against the fixtures' reference values.
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
@@ -13,22 +11,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Run {
-  int status = -1;
-  std::string out;
-};
-
 /// Runs lora_inspect with `args`, capturing stdout (stderr goes to the test log).
-Run inspect(const std::string& args) {
-  const std::string cmd = std::string(LORA_INSPECT_PATH) + " " + args;
-  Run r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
-  r.status = pclose(pipe);
-  return r;
+lora_test::ProgramRun inspect(const std::string& args) {
+  return lora_test::run_program(std::string(LORA_INSPECT_PATH) + " " + args);
 }
 
 fs::path temp_file(const std::string& name, const std::string& content) {

@@ -511,3 +511,38 @@ TEST_CASE("two named adapters on one model: choose, train, remove", "[inject][mu
     REQUIRE(torch::equal(fwd(x), base));
   }
 }
+
+TEST_CASE("tied parameters are counted and optimised once", "[inject][tied]") {
+  // One tensor registered under two names, as GPT-2's transformer.wte and lm_head.
+  auto net = std::make_shared<torch::nn::Module>();
+  auto emb = net->register_module("emb", torch::nn::Embedding(10, 6));
+  auto sub = net->register_module("head", std::make_shared<torch::nn::Module>());
+  sub->register_parameter("weight", emb->weight);
+  REQUIRE(net->parameters().size() == 2);
+  REQUIRE(lora::unique_parameters(*net).size() == 1);
+  net->register_module("lin", lora::Linear(6, 6));
+  lora::Config cfg;
+  cfg.rank = 2;
+  auto a = lora::inject(*net, cfg);
+  // 60 (tied, once) + 36 + 6 (lin) + 2 * (6 + 6) (adapter)
+  CHECK(a.model_parameter_count() == 60 + 42 + 24);
+}
+
+TEST_CASE("rank above min(in, out) only when allowed, never for PiSSA/OLoRA", "[inject][rank]") {
+  torch::manual_seed(13);
+  FastNet net;
+  auto x = torch::randn({2, 16});
+  auto base = net->forward(x).detach();
+  auto cfg = config(8);  // the classifier is 16 -> 4
+  REQUIRE_THROWS_AS(lora::inject(net, cfg), lora::ConfigError);
+  cfg.allow_rank_above_min = true;
+  cfg.init = lora::init::pissa();
+  REQUIRE_THROWS_AS(lora::inject(net, cfg), lora::ConfigError);
+  cfg.init = lora::init::uniform_zero();
+  auto a = lora::inject(net, cfg);
+  CHECK(a.layers().back().path == "classifier");
+  CHECK(a.layers().back().rank == 8);
+  REQUIRE(torch::equal(net->forward(x), base));
+  // The seed study's count: r (in + out) per layer, also where r > out.
+  CHECK(a.trainable_parameter_count() == 8 * (2 * ((16 + 16) * 2 + (16 + 32) + (32 + 16)) + (16 + 4)));
+}

@@ -30,6 +30,33 @@ inline torch::Tensor sinusoidal_positions(int64_t n_pos, int64_t dim) {
   return out.to(torch::kFloat);
 }
 
+/// Multi-head scaled dot-product attention of the projections q, k, v (B, T, C), with
+/// `masked` (B, 1, 1, T) true at padding keys (or undefined) and `dropout` on the attention
+/// weights -> the context (B, T, C), before the output projection. Shared with models built
+/// the same way from other layers (bench/lora_bench's plain torch::nn::Linear copy).
+///
+/// HF's formula, softmax(masked_fill(q k^T / sqrt(hd), mask, lowest)) v, with no temporary
+/// it does not need: q, k, v are copied once each to (B * nh, T, hd) for bmm (a copy matmul
+/// would make anyway), the 1/sqrt(hd) scale is applied in place on q's copy (T x hd values
+/// per head instead of T x T scores), and the mask is written in place into the scores.
+inline torch::Tensor attend(const torch::Tensor& q_proj, const torch::Tensor& k_proj, const torch::Tensor& v_proj,
+                            const torch::Tensor& masked, int64_t n_heads, torch::nn::Dropout& dropout) {
+  const auto B = q_proj.size(0), T = q_proj.size(1), C = q_proj.size(2), hd = C / n_heads;
+  auto heads = [&](const torch::Tensor& t) {  // (B, T, C) -> (B * nh, T, hd)
+    return t.view({B, T, n_heads, hd}).transpose(1, 2).reshape({B * n_heads, T, hd});
+  };
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto q = heads(q_proj);
+  // reshape copied (T > 1 and nh > 1): scale the copy in place; else it aliases q_proj.
+  q = q.is_alias_of(q_proj) ? q * scale : q.mul_(scale);
+  auto att = torch::bmm(q, heads(k_proj).transpose(1, 2));  // (B * nh, T, T)
+  if (masked.defined())
+    att.masked_fill_(masked.expand({B, n_heads, 1, T}).reshape({B * n_heads, 1, T}), mask_value(att.scalar_type()));
+  att = dropout(torch::softmax(att, -1));
+  auto y = torch::bmm(att, heads(v_proj));                               // (B * nh, T, hd)
+  return y.view({B, n_heads, T, hd}).transpose(1, 2).reshape({B, T, C});  // (B, T, C)
+}
+
 }  // namespace detail
 
 /// Word + position embeddings, LayerNorm (eps 1e-12), dropout.
@@ -78,17 +105,7 @@ class DistilBertAttentionImpl : public torch::nn::Module {
 
   /// x (B, T, C); `masked` (B, 1, 1, T) true at padding keys, or undefined -> (B, T, C)
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& masked) {
-    const auto B = x.size(0), T = x.size(1), C = x.size(2), hd = C / n_heads;
-    auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, hd}).transpose(1, 2); };
-    auto q = heads(q_lin(x)) / std::sqrt(static_cast<double>(hd));  // (B, nh, T, hd)
-    auto k = heads(k_lin(x));                                       // (B, nh, T, hd)
-    auto v = heads(v_lin(x));                                       // (B, nh, T, hd)
-    auto att = torch::matmul(q, k.transpose(-2, -1));               // (B, nh, T, T)
-    if (masked.defined()) att = att.masked_fill(masked, mask_value(att.scalar_type()));
-    att = dropout(torch::softmax(att, -1));
-    auto y = torch::matmul(att, v);                      // (B, nh, T, hd)
-    y = y.transpose(1, 2).contiguous().view({B, T, C});  // (B, T, C)
-    return out_lin(y);
+    return out_lin(detail::attend(q_lin(x), k_lin(x), v_lin(x), masked, n_heads, dropout));
   }
 
   int64_t n_heads;

@@ -1,0 +1,451 @@
+// The command line shared by agnews_sweep and wikitext_sweep (CLI11), parsed into a plain
+// Options struct, and its conversions: the grid (grid.hpp) and the lora::Config of a point.
+//
+// Layers, strongest first: flags given on the command line; the --preset's flags; the
+// program's own defaults (ProgramSpec::defaults); the built-in defaults below. Flags that
+// exclude each other (--rank/--ranks, --seed/--seeds, --alpha/--alpha-per-rank) form one
+// group: a flag given explicitly hides the whole group in the weaker layers.
+//
+// Which points run:
+//  - LoRA: every rank of --ranks (or the single --rank) at every LR of --lrs.
+//    `--ranks none` (or `--ranks` with no value) runs no LoRA point.
+//  - FullFT: with --full-finetune, at every LR of --full-lrs, which defaults to --lrs.
+//    Giving --full-lrs turns --full-finetune on. `--ranks none --full-lrs ...` is a FullFT-only sweep.
+//  - Each of the above once per seed (--seed, or the list --seeds).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+#include <torch/types.h>
+
+#include <lora/config.hpp>
+#include <lora/init.hpp>
+#include <lora/scaling.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "grid.hpp"
+
+namespace sweep {
+
+/// Thrown by parse_options() for --help: print `text` and exit with status 0.
+struct HelpRequested {
+  std::string text;
+};
+
+/// Flag values to apply as a block: {"--epochs", {"1"}}, {"--full-finetune", {}} for a switch.
+using FlagValues = std::vector<std::pair<std::string, std::vector<std::string>>>;
+
+struct Preset {
+  std::string description;
+  FlagValues flags;
+};
+
+/// The parsed command line.
+struct Options {
+  std::string program;
+  // The grid.
+  std::vector<double> lrs = {1e-5, 3e-5, 1e-4, 3e-4};  ///< LoRA learning rates
+  std::vector<int64_t> ranks = {16, 32, 64, 128};      ///< empty: no LoRA points
+  std::vector<double> full_lrs;                       ///< empty: no FullFT points
+  std::vector<uint64_t> seeds = {42};
+  double alpha = 32;
+  double alpha_per_rank = 0;                          ///< > 0: alpha = alpha_per_rank * r
+  std::string scaling = "alpha-over-rank";
+  std::string init = "uniform-zero";
+  double init_std = 1.0;                              ///< sigma of gaussian-gaussian
+  std::vector<std::string> targets = {"all-linear"};
+  double loraplus_ratio = 1.0;                        ///< LR of B = ratio * LR of A (LoRA+); 1: off
+  bool dora = false;
+  // Training and data.
+  int64_t epochs = 5;
+  int64_t batch_size = 32;
+  int64_t train_size = 10000;
+  int64_t val_size = 2000;
+  int64_t max_len = 512;
+  // Places and machine.
+  std::string model_dir, data_dir, out;
+  std::string device = "cpu";
+  int64_t threads = 0;                                ///< 0: LibTorch's default
+  // What to do.
+  Shard shard;
+  bool sharded = false;                               ///< --shard was given
+  bool merge = false;
+  bool dry_run = false;
+  std::string preset;
+  /// Task-specific settings (ProgramSpec::add_flags): recorded with every point, checked on resume.
+  std::map<std::string, std::string> extra;
+  /// The program name and the arguments as given.
+  std::vector<std::string> command_line;
+};
+
+/// What each program brings to the shared command line.
+struct ProgramSpec {
+  std::string name;                    ///< "agnews_sweep", shown in --help and recorded
+  std::string description;             ///< the first line of --help
+  std::string data_dir_env = "LORA_DATA_DIR";  ///< environment variable for --data-dir's default
+  std::string model_subdir;            ///< --model-dir defaults to <data-dir>/<model_subdir>
+  FlagValues defaults;                 ///< the program's defaults, e.g. {"--targets", {"c_attn", ...}}
+  std::map<std::string, Preset> presets;
+  /// Adds task-specific flags; bind them into `o.extra` entries to have them recorded with every
+  /// point and checked on resume, e.g. app.add_option("--padding", o.extra["padding"]).
+  std::function<void(CLI::App& app, Options& o)> add_flags;
+};
+
+inline const std::vector<std::string>& scaling_names() {
+  static const std::vector<std::string> names = {"alpha-over-rank", "alpha", "alpha-over-sqrt-rank"};
+  return names;
+}
+inline const std::vector<std::string>& init_names() {
+  static const std::vector<std::string> names = {"uniform-zero", "gaussian-zero", "gaussian-gaussian", "pissa",
+                                                 "olora"};
+  return names;
+}
+
+namespace detail {
+
+inline std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
+  return s;
+}
+
+/// `text` as a finite number, or a UsageError naming `flag` and what it expects.
+inline double number(const std::string& flag, const std::string& text, const std::string& expect) {
+  char* end = nullptr;
+  const double v = text.empty() ? NAN : std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(v))
+    throw UsageError(flag + ": '" + text + "' is not a number; give " + expect + ".");
+  return v;
+}
+inline double positive(const std::string& flag, const std::string& text, const std::string& expect) {
+  const double v = number(flag, text, expect);
+  if (!(v > 0)) throw UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
+  return v;
+}
+/// `text` as an integer >= `min`.
+inline int64_t integer(const std::string& flag, const std::string& text, int64_t min) {
+  const std::string expect = "an integer >= " + std::to_string(min);
+  char* end = nullptr;
+  const long long v = text.empty() ? 0 : std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0') throw UsageError(flag + ": '" + text + "' is not an integer; give " + expect + ".");
+  if (v < min) throw UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
+  return v;
+}
+inline std::string one_of(const std::string& flag, const std::string& text, const std::vector<std::string>& allowed) {
+  if (std::find(allowed.begin(), allowed.end(), text) == allowed.end())
+    throw UsageError(flag + ": '" + text + "' is not allowed; use one of " + join(allowed) + ".");
+  return text;
+}
+
+/// The flags as strings, bound to CLI11; parse_options() checks and converts them.
+struct RawFlags {
+  std::vector<std::string> lrs = {"1e-5", "3e-5", "1e-4", "3e-4"}, ranks, full_lrs, seeds, targets = {"all-linear"};
+  std::string rank, epochs = "5", alpha = "32", alpha_per_rank, scaling = "alpha-over-rank", init = "uniform-zero",
+                    init_std = "1", batch_size = "32", seed = "42", train_size = "10000", val_size = "2000",
+                    max_len = "512", model_dir, data_dir, out, device = "cpu", threads = "0", shard, preset,
+                    loraplus_ratio = "1";
+  bool full_finetune = false, merge = false, dry_run = false, dora = false;
+};
+
+/// Mutually exclusive flags share a group, so that a flag given hides its rivals in the
+/// preset and default layers.
+inline std::string flag_group(const std::string& name) {
+  if (name == "--rank" || name == "--ranks") return "ranks";
+  if (name == "--seed" || name == "--seeds") return "seeds";
+  if (name == "--alpha" || name == "--alpha-per-rank") return "alpha";
+  return name;
+}
+
+/// The CLI11 app of `spec`, its options bound to `raw` and (task flags) to `o`.
+inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw, Options& o) {
+  auto app = std::make_unique<CLI::App>(spec.description, spec.name);
+  auto& a = *app;
+  a.option_defaults()->always_capture_default();
+  // The grid.
+  a.add_option("--lrs", raw.lrs, "LoRA learning rates")->type_name("LR ...")->group("Grid");
+  auto* rank = a.add_option("--rank", raw.rank, "a single LoRA rank (same as --ranks R)")->type_name("R")->group("Grid");
+  auto* ranks = a.add_option("--ranks", raw.ranks,
+                             "LoRA ranks [default: 16 32 64 128]; 'none' or no value: no LoRA runs")
+                    ->expected(0, CLI::detail::expected_max_vector_size)
+                    ->type_name("R ...")
+                    ->group("Grid");
+  rank->excludes(ranks);
+  a.add_flag("--full-finetune", raw.full_finetune, "also run full fine-tuning, at --full-lrs")->group("Grid");
+  a.add_option("--full-lrs", raw.full_lrs, "FullFT learning rates (default: --lrs); implies --full-finetune")
+      ->type_name("LR ...")
+      ->group("Grid");
+  auto* seed = a.add_option("--seed", raw.seed, "random seed")->type_name("N")->group("Grid");
+  auto* seeds = a.add_option("--seeds", raw.seeds, "several seeds: every point runs once per seed")->type_name("N ...")->group("Grid");
+  seed->excludes(seeds);
+  // LoRA.
+  auto* alpha = a.add_option("--alpha", raw.alpha, "LoRA alpha")->type_name("NUM")->group("LoRA");
+  auto* per_rank = a.add_option("--alpha-per-rank", raw.alpha_per_rank, "alpha = K * r (the seed's 'alpha = 10r': 10)")
+                       ->type_name("K")
+                       ->group("LoRA");
+  alpha->excludes(per_rank);
+  a.add_option("--scaling", raw.scaling, "scale s from alpha and r: " + join(scaling_names(), "|"))->type_name("NAME")->group("LoRA");
+  a.add_option("--init", raw.init, "A/B init: " + join(init_names(), "|"))->type_name("NAME")->group("LoRA");
+  a.add_option("--init-std", raw.init_std, "sigma of A and B for --init gaussian-gaussian")->type_name("NUM")->group("LoRA");
+  a.add_option("--targets", raw.targets, "layers to adapt (lora::Config::targets syntax)")->type_name("NAME ...")->group("LoRA");
+  a.add_option("--loraplus-ratio", raw.loraplus_ratio, "LoRA+: B's LR = ratio * A's LR (1: off)")->type_name("NUM")->group("LoRA");
+  a.add_flag("--dora", raw.dora, "DoRA (weight-decomposed LoRA; lora::Linear layers only)")->group("LoRA");
+  // Training and data.
+  a.add_option("--epochs", raw.epochs, "training epochs")->type_name("N")->group("Training");
+  a.add_option("--batch-size,--batch_size", raw.batch_size, "batch size")->type_name("N")->group("Training");
+  a.add_option("--train-size", raw.train_size, "training examples")->type_name("N")->group("Training");
+  a.add_option("--val-size", raw.val_size, "validation examples")->type_name("N")->group("Training");
+  a.add_option("--max-len", raw.max_len, "maximum sequence length in tokens")->type_name("N")->group("Training");
+  // Places and machine.
+  a.add_option("--model-dir", raw.model_dir, "model folder [default: <data-dir>/" + spec.model_subdir + "]")
+      ->type_name("DIR")
+      ->group("Files");
+  a.add_option("--data-dir", raw.data_dir, "data folder [default: $" + spec.data_dir_env + ", else ~/.cache/lora]")
+      ->type_name("DIR")
+      ->group("Files");
+  a.add_option("--out", raw.out, "output folder [default: runs/" + spec.name + "]")->type_name("DIR")->group("Files");
+  a.add_option("--device", raw.device, "cpu, cuda or cuda:N")->type_name("DEV")->group("Machine");
+  a.add_option("--threads", raw.threads, "CPU threads (0: LibTorch's default)")->type_name("N")->group("Machine");
+  // What to do.
+  auto* shard = a.add_option("--shard", raw.shard, "run slice I of N of the grid (0 <= I < N)")->type_name("I/N")->group("Sweep");
+  auto* merge = a.add_flag("--merge", raw.merge, "write results.json, summary.md and the plot from out/points/")
+                    ->group("Sweep");
+  auto* dry = a.add_flag("--dry-run", raw.dry_run, "print the grid and its estimated cost; run nothing")
+                  ->group("Sweep");
+  merge->excludes(shard);
+  merge->excludes(dry);
+  a.add_option("--preset", raw.preset, "named flag defaults (below); explicit flags override them")->type_name("NAME")->group("Sweep");
+  if (spec.add_flags) spec.add_flags(a, o);
+  // Show the program's defaults (not --ranks: CLI11 would take its default for an empty --ranks).
+  for (const auto& [flag, values] : spec.defaults)
+    if (auto* opt = a.get_option_no_throw(flag); opt && opt->get_name() != "--ranks") opt->default_str(join(values, " "));
+
+  std::string footer = "Presets:\n";
+  for (const auto& [name, p] : spec.presets) {
+    footer += "  " + name + ": " + p.description + "\n     ";
+    for (const auto& [flag, values] : p.flags) footer += " " + flag + (values.empty() ? "" : " " + join(values, " "));
+    footer += "\n";
+  }
+  footer +=
+      "FullFT runs with --full-finetune (at --full-lrs, default --lrs) or --full-lrs; '--ranks none' runs no LoRA.\n"
+      "Outputs in --out: points/<key>.json (one per finished point), results.json, summary.md, plot.svg/png.";
+  a.footer(footer);
+  return app;
+}
+
+/// Parses `args` (no program name) into `raw`; CLI11's errors become UsageError, --help HelpRequested.
+inline std::unique_ptr<CLI::App> parse_layer(const ProgramSpec& spec, const std::vector<std::string>& args,
+                                             RawFlags& raw, Options& o) {
+  auto app = make_app(spec, raw, o);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last first
+  try {
+    app->parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    throw HelpRequested{app->help()};
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(std::string(e.what()) + ". Run " + spec.name + " --help for the flags.");
+  }
+  return app;
+}
+
+/// The flags of `layer` whose group no earlier layer (tracked in `claimed`) has set, as arguments.
+inline std::vector<std::string> layer_args(const CLI::App& app, const FlagValues& layer, const std::string& what,
+                                           std::set<std::string>& claimed) {
+  std::vector<std::string> args;
+  std::set<std::string> mine;
+  for (const auto& [flag, values] : layer) {
+    const auto* opt = app.get_option_no_throw(flag);
+    if (!opt) throw lora::ConfigError(what + " sets '" + flag + "', which is not a flag of this program.");
+    const auto group = flag_group(opt->get_name());
+    if (claimed.count(group)) continue;
+    mine.insert(group);
+    args.push_back(flag);
+    args.insert(args.end(), values.begin(), values.end());
+  }
+  claimed.insert(mine.begin(), mine.end());
+  return args;
+}
+
+/// Default data folder: $<env>, else $XDG_CACHE_HOME/lora, else $HOME/.cache/lora.
+inline std::string default_data_dir(const std::string& env) {
+  if (const char* v = std::getenv(env.c_str()); v && *v) return v;
+  if (const char* v = std::getenv("XDG_CACHE_HOME"); v && *v) return std::string(v) + "/lora";
+  if (const char* v = std::getenv("HOME"); v && *v) return std::string(v) + "/.cache/lora";
+  return ".cache/lora";
+}
+
+/// Checks and converts the strings of `raw` into `o`.
+inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
+  o.program = spec.name;
+  const std::string lr_expect = "positive learning rates such as 1e-5 3e-5 1e-4";
+  o.lrs.clear();
+  for (const auto& t : raw.lrs) o.lrs.push_back(positive("--lrs", t, lr_expect));
+  if (!raw.rank.empty()) {
+    o.ranks = {integer("--rank", raw.rank, 1)};
+  } else if (!raw.ranks.empty()) {
+    o.ranks.clear();
+    const bool none = raw.ranks == std::vector<std::string>{"none"} || raw.ranks == std::vector<std::string>{""};
+    if (!none)
+      for (const auto& t : raw.ranks) o.ranks.push_back(integer("--ranks", t, 1));
+  }
+  o.full_lrs.clear();
+  for (const auto& t : raw.full_lrs) o.full_lrs.push_back(positive("--full-lrs", t, lr_expect));
+  if (raw.full_finetune && o.full_lrs.empty()) o.full_lrs = o.lrs;
+  o.seeds.clear();
+  if (raw.seeds.empty()) o.seeds.push_back(static_cast<uint64_t>(integer("--seed", raw.seed, 0)));
+  for (const auto& t : raw.seeds) o.seeds.push_back(static_cast<uint64_t>(integer("--seeds", t, 0)));
+
+  if (!raw.alpha_per_rank.empty())
+    o.alpha_per_rank = positive("--alpha-per-rank", raw.alpha_per_rank, "a positive K (alpha = K * r)");
+  o.alpha = number("--alpha", raw.alpha, "a finite alpha such as 32");
+  o.scaling = one_of("--scaling", raw.scaling, scaling_names());
+  o.init = one_of("--init", raw.init, init_names());
+  o.init_std = positive("--init-std", raw.init_std, "a positive standard deviation such as 1 or 0.02");
+  o.targets = raw.targets;
+  if (o.targets.empty()) throw UsageError("--targets: no layer given; name layers such as q_lin v_lin, or all-linear.");
+  o.loraplus_ratio = positive("--loraplus-ratio", raw.loraplus_ratio, "a positive ratio (1: plain LoRA; LoRA+ uses 16)");
+  o.dora = raw.dora;
+
+  o.epochs = integer("--epochs", raw.epochs, 1);
+  o.batch_size = integer("--batch-size", raw.batch_size, 1);
+  o.train_size = integer("--train-size", raw.train_size, 1);
+  o.val_size = integer("--val-size", raw.val_size, 1);
+  o.max_len = integer("--max-len", raw.max_len, 1);
+
+  o.data_dir = raw.data_dir.empty() ? default_data_dir(spec.data_dir_env) : raw.data_dir;
+  o.model_dir = !raw.model_dir.empty() || spec.model_subdir.empty() ? raw.model_dir : o.data_dir + "/" + spec.model_subdir;
+  o.out = raw.out.empty() ? "runs/" + spec.name : raw.out;
+  const bool cuda_n = raw.device.rfind("cuda:", 0) == 0 && raw.device.size() > 5 &&
+                      raw.device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (raw.device != "cpu" && raw.device != "cuda" && !cuda_n)
+    throw UsageError("--device: '" + raw.device + "' is not allowed; use one of cpu, cuda, cuda:N.");
+  o.device = raw.device;
+  o.threads = integer("--threads", raw.threads, 0);
+
+  o.sharded = !raw.shard.empty();
+  if (o.sharded) o.shard = parse_shard(raw.shard);
+  o.merge = raw.merge;
+  o.dry_run = raw.dry_run;
+  o.preset = raw.preset;
+  if (o.ranks.empty() && o.full_lrs.empty())
+    throw UsageError("--ranks: no LoRA rank and no FullFT run: nothing to do. Give ranks, or add --full-finetune "
+                     "or --full-lrs for a FullFT-only sweep.");
+}
+
+}  // namespace detail
+
+/// Parses the arguments `args` (without the program name). Throws UsageError on a bad flag
+/// or value, HelpRequested for --help.
+inline Options parse_options(const std::vector<std::string>& args, const ProgramSpec& spec) {
+  // Pass 1: the explicit flags alone, to learn the preset and which flags were given.
+  detail::RawFlags raw1;
+  Options scratch;
+  const auto app1 = detail::parse_layer(spec, args, raw1, scratch);
+  std::set<std::string> claimed;
+  for (const auto* opt : app1->get_options())
+    if (opt->count() > 0) claimed.insert(detail::flag_group(opt->get_name()));
+
+  // Pass 2: explicit flags, then the preset's and the program's defaults for the rest.
+  std::vector<std::string> all = args;
+  if (!raw1.preset.empty()) {
+    const auto it = spec.presets.find(raw1.preset);
+    if (it == spec.presets.end()) {
+      std::vector<std::string> names;
+      for (const auto& kv : spec.presets) names.push_back(kv.first);
+      throw UsageError("--preset: '" + raw1.preset + "' is not a preset of " + spec.name + "; use one of " +
+                       (names.empty() ? std::string("(none)") : detail::join(names)) + ".");
+    }
+    const auto more = detail::layer_args(*app1, it->second.flags, "preset '" + raw1.preset + "'", claimed);
+    all.insert(all.end(), more.begin(), more.end());
+  }
+  const auto defaults = detail::layer_args(*app1, spec.defaults, spec.name + "'s defaults", claimed);
+  all.insert(all.end(), defaults.begin(), defaults.end());
+
+  detail::RawFlags raw;
+  Options o;
+  detail::parse_layer(spec, all, raw, o);
+  detail::convert(raw, spec, o);
+  o.command_line.push_back(spec.name);
+  o.command_line.insert(o.command_line.end(), args.begin(), args.end());
+  return o;
+}
+
+/// parse_options() for main()'s argc/argv.
+inline Options parse_options(int argc, const char* const argv[], const ProgramSpec& spec) {
+  return parse_options(std::vector<std::string>(argv + 1, argv + argc), spec);
+}
+
+/// The grid the options describe (grid.hpp); Options::extra becomes each point's extra.
+inline std::vector<Point> build_grid(const Options& o) {
+  GridSpec g;
+  g.lrs = o.lrs;
+  g.ranks = o.ranks;
+  g.full_lrs = o.full_lrs;
+  g.seeds = o.seeds;
+  g.alpha = o.alpha;
+  g.alpha_per_rank = o.alpha_per_rank;
+  g.scaling = o.scaling;
+  g.init = o.init;
+  g.extra = o.extra;
+  return build_grid(g);
+}
+
+/// The scaling policy called `name` (one of scaling_names()).
+inline lora::Scaling scaling_policy(const std::string& name) {
+  if (name == "alpha-over-rank") return lora::scaling::alpha_over_rank();
+  if (name == "alpha") return lora::scaling::constant_alpha();
+  if (name == "alpha-over-sqrt-rank") return lora::scaling::alpha_over_sqrt_rank();
+  throw UsageError("--scaling: '" + name + "' is not allowed; use one of " + detail::join(scaling_names()) + ".");
+}
+
+/// The init policy called `name` (one of init_names()); `std` is gaussian-gaussian's sigma.
+inline lora::Init init_policy(const std::string& name, double std) {
+  if (name == "uniform-zero") return lora::init::uniform_zero();
+  if (name == "gaussian-zero") return lora::init::gaussian_zero();
+  if (name == "gaussian-gaussian") return lora::init::gaussian_gaussian(std);
+  if (name == "pissa") return lora::init::pissa();
+  if (name == "olora") return lora::init::olora();
+  throw UsageError("--init: '" + name + "' is not allowed; use one of " + detail::join(init_names()) + ".");
+}
+
+/// The lora::Config of LoRA point `p`: rank, alpha, scaling and init of the point; targets,
+/// init sigma and DoRA from the options; the point's seed seeds the adapters.
+inline lora::Config to_lora_config(const Options& o, const Point& p) {
+  if (p.is_full())
+    throw lora::ConfigError("to_lora_config: point '" + key(p) + "' is full fine-tuning and has no LoRA config.");
+  lora::Config c;
+  c.rank = p.rank;
+  c.alpha = p.alpha;
+  c.scaling = scaling_policy(p.scaling);
+  c.init = init_policy(p.init, o.init_std);
+  c.targets = o.targets;
+  c.seed = p.seed;
+  c.use_dora = o.dora;
+  // As the seed study (and PEFT): a rank above a layer's min(in, out) is allowed, e.g. r = 128
+  // on DistilBERT's 768 -> 4 classifier (PiSSA/OLoRA still refuse it).
+  c.allow_rank_above_min = true;
+  return c;
+}
+
+/// The torch::Device of --device; throws UsageError when CUDA is asked for but absent.
+inline torch::Device device_of(const Options& o) {
+  const torch::Device d(o.device);
+  if (d.is_cuda() && !torch::cuda::is_available())
+    throw UsageError("--device: '" + o.device + "' asked for CUDA, but LibTorch sees no CUDA device. Use --device cpu, "
+                     "or a CUDA build of LibTorch on a machine with a GPU.");
+  if (d.is_cuda() && d.has_index() && d.index() >= static_cast<int>(torch::cuda::device_count()))
+    throw UsageError("--device: '" + o.device + "' does not exist; this machine has " +
+                     std::to_string(torch::cuda::device_count()) + " CUDA device(s), cuda:0 upwards.");
+  return d;
+}
+
+}  // namespace sweep

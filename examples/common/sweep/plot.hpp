@@ -1,0 +1,208 @@
+// The seed study's figure, as an SVG written by hand: the metric against the LR on a log10
+// axis, one line per rank and a dashed one for FullFT, each line's optimum marked (a diamond),
+// diverged LRs marked with a cross on the top edge. render_png() converts it with
+// rsvg-convert or ImageMagick's convert when one is on PATH.
+#pragma once
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "report.hpp"
+
+extern char** environ;
+
+namespace sweep {
+
+namespace detail {
+
+/// Text safe inside SVG.
+inline std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '&') out += "&amp;";
+    else if (c == '<') out += "&lt;";
+    else if (c == '>') out += "&gt;";
+    else if (c == '"') out += "&quot;";
+    else out += c;
+  }
+  return out;
+}
+
+/// A tick step of 1, 2 or 5 times a power of ten giving about `ticks` ticks over `range`.
+inline double nice_step(double range, int ticks) {
+  const double raw = range / ticks;
+  const double p = std::pow(10.0, std::floor(std::log10(raw)));
+  for (const double m : {1.0, 2.0, 5.0})
+    if (m * p >= raw) return m * p;
+  return 10 * p;
+}
+
+/// "3e-5": a compact LR for tick labels.
+inline std::string short_lr(double lr) {
+  const auto [digits, exponent] = shortest_digits(lr);
+  std::string m = digits.substr(0, 1);
+  if (digits.size() > 1) m += "." + digits.substr(1);
+  return m + "e" + std::to_string(exponent);
+}
+
+}  // namespace detail
+
+/// The SVG of `curves` (from make_curves) and their `optima` (from find_optima).
+inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
+                            const std::string& y_label, const std::string& title) {
+  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
+  const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
+  const double pw = W - left - right, ph = H - top - bottom;
+
+  // Data ranges: x = log10(LR) over every LR run, y over every finite value and optimum.
+  std::set<double> lrs;
+  double ymin = INFINITY, ymax = -INFINITY;
+  for (size_t i = 0; i < curves.size(); ++i) {
+    for (const auto& c : curves[i].cells) {
+      lrs.insert(c.lr);
+      if (c.valid()) ymin = std::min(ymin, c.mean()), ymax = std::max(ymax, c.mean());
+    }
+    if (optima[i].found) ymin = std::min(ymin, optima[i].value), ymax = std::max(ymax, optima[i].value);
+  }
+  if (!std::isfinite(ymin)) ymin = 0, ymax = 1;
+  if (ymax - ymin < 1e-12) ymin -= 0.5, ymax += 0.5;
+  const double ypad = 0.08 * (ymax - ymin);
+  ymin -= ypad, ymax += ypad;
+  double xmin = lrs.empty() ? -5 : std::log10(*lrs.begin()), xmax = lrs.empty() ? -3 : std::log10(*lrs.rbegin());
+  if (xmax - xmin < 1e-12) xmin -= 0.5, xmax += 0.5;
+  const double xpad = 0.06 * (xmax - xmin);
+  xmin -= xpad, xmax += xpad;
+  const auto X = [&](double lr) { return left + (std::log10(lr) - xmin) / (xmax - xmin) * pw; };
+  const auto Y = [&](double v) { return top + (ymax - v) / (ymax - ymin) * ph; };
+
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(1);
+  s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
+    << "<text x=\"" << left + pw / 2 << "\" y=\"28\" text-anchor=\"middle\" font-size=\"15\">"
+    << detail::xml_escape(title) << "</text>\n";
+
+  // Axes, grid lines and ticks: one x tick per LR run, y ticks at a 1-2-5 step.
+  s << "<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
+  for (const double lr : lrs) s << "<line x1=\"" << X(lr) << "\" y1=\"" << top << "\" x2=\"" << X(lr) << "\" y2=\"" << top + ph << "\"/>\n";
+  const double step = detail::nice_step(ymax - ymin, 6);
+  std::vector<double> yticks;
+  for (double v = std::ceil(ymin / step) * step; v <= ymax + 1e-9 * step; v += step) yticks.push_back(v);
+  for (const double v : yticks) s << "<line x1=\"" << left << "\" y1=\"" << Y(v) << "\" x2=\"" << left + pw << "\" y2=\"" << Y(v) << "\"/>\n";
+  s << "</g>\n<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
+    << "\" fill=\"none\" stroke=\"black\"/>\n";
+  for (const double lr : lrs)
+    s << "<text x=\"" << X(lr) << "\" y=\"" << top + ph + 18 << "\" text-anchor=\"middle\">" << detail::short_lr(lr)
+      << "</text>\n";
+  for (const double v : yticks)
+    s << "<text x=\"" << left - 6 << "\" y=\"" << Y(v) + 4 << "\" text-anchor=\"end\">" << detail::num(v, "%g")
+      << "</text>\n";
+  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 15 << "\" text-anchor=\"middle\">learning rate (log scale)</text>\n"
+    << "<text x=\"20\" y=\"" << top + ph / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 20 " << top + ph / 2
+    << ")\">" << detail::xml_escape(y_label) << "</text>\n";
+
+  // One polyline per curve (diverged LRs left out), its points, its optimum and its legend entry.
+  size_t colour = 0;
+  for (size_t i = 0; i < curves.size(); ++i) {
+    const auto& c = curves[i];
+    const std::string col = c.full ? "#000000" : palette[colour++ % 10];
+    const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
+    s << "<g id=\"" << detail::xml_escape(c.column) << "\">\n<polyline fill=\"none\" stroke=\"" << col
+      << "\" stroke-width=\"2\"" << dash << " points=\"";
+    for (const auto& cell : c.cells)
+      if (cell.valid()) s << X(cell.lr) << "," << Y(cell.mean()) << " ";
+    s << "\"/>\n";
+    for (const auto& cell : c.cells) {
+      if (cell.valid()) {
+        s << "<circle cx=\"" << X(cell.lr) << "\" cy=\"" << Y(cell.mean()) << "\" r=\"3\" fill=\"" << col << "\"/>\n";
+      } else {
+        const double x = X(cell.lr), y = top + 8;
+        s << "<path d=\"M" << x - 4 << "," << y - 4 << " L" << x + 4 << "," << y + 4 << " M" << x - 4 << "," << y + 4
+          << " L" << x + 4 << "," << y - 4 << "\" stroke=\"" << col << "\" stroke-width=\"2\"><title>"
+          << detail::xml_escape(c.label) << " diverged at LR " << lr_string(cell.lr) << "</title></path>\n";
+      }
+    }
+    if (optima[i].found) {
+      const double x = X(optima[i].lr), y = Y(optima[i].value);
+      s << "<path d=\"M" << x << "," << y - 7 << " L" << x + 7 << "," << y << " L" << x << "," << y + 7 << " L"
+        << x - 7 << "," << y << " Z\" fill=\"white\" stroke=\"" << col << "\" stroke-width=\"2\"><title>"
+        << detail::xml_escape(c.label) << " optimum: LR " << detail::num(optima[i].lr, "%.3g")
+        << (optima[i].interpolated ? " (interpolated)" : " (grid point)") << "</title></path>\n";
+    }
+    const double ly = top + 10 + 20 * static_cast<double>(i), lx = left + pw + 15;
+    s << "<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 28 << "\" y2=\"" << ly << "\" stroke=\"" << col
+      << "\" stroke-width=\"2\"" << dash << "/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">"
+      << detail::xml_escape(c.label) << "</text>\n</g>\n";
+  }
+  const double ly = top + 10 + 20 * static_cast<double>(curves.size()) + 6, lx = left + pw + 15;
+  s << "<path d=\"M" << lx + 14 << "," << ly - 6 << " L" << lx + 20 << "," << ly << " L" << lx + 14 << "," << ly + 6
+    << " L" << lx + 8 << "," << ly << " Z\" fill=\"white\" stroke=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\""
+    << ly + 4 << "\">optimum</text>\n</svg>\n";
+  return s.str();
+}
+
+namespace detail {
+
+/// The full path of `program` on $PATH, or "".
+inline std::string find_on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+/// Runs `argv` (no shell) with its output discarded; true when it exits with status 0.
+inline bool run_quietly(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  const int rc = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return false;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace detail
+
+/// Converts `svg` to `png` with rsvg-convert or convert (ImageMagick), whichever is on PATH
+/// first. Returns a line saying what was written.
+inline std::string render_png(const std::string& svg, const std::string& png) {
+  if (const auto rsvg = detail::find_on_path("rsvg-convert"); !rsvg.empty()) {
+    if (detail::run_quietly({rsvg, "-o", png, svg})) return "wrote " + png + " (rsvg-convert)";
+    return "only SVG written: rsvg-convert failed on " + svg;
+  }
+  if (const auto convert = detail::find_on_path("convert"); !convert.empty()) {
+    if (detail::run_quietly({convert, svg, png})) return "wrote " + png + " (ImageMagick convert)";
+    return "only SVG written: ImageMagick convert failed on " + svg;
+  }
+  return "only SVG written: no rsvg-convert or convert on PATH to make a PNG";
+}
+
+}  // namespace sweep

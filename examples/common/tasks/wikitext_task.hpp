@@ -1,0 +1,150 @@
+// The WikiText task: distilgpt2 (GPT2LMHeadModel) from a Hub folder, GPT-2 byte-level BPE,
+// wikitext-2-raw cut into blocks (data/wikitext.hpp documents exactly how); metric: test
+// perplexity = exp(token-weighted mean NLL over every predicted token of the test split).
+#pragma once
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/wikitext.hpp"
+#include "models/checkpoint.hpp"
+#include "sweep/engine.hpp"
+#include "tasks/common.hpp"
+#include "text/bpe.hpp"
+
+namespace tasks {
+
+class WikiTextTask : public sweep::Task {
+ public:
+  explicit WikiTextTask(sweep::Options o) : o_(std::move(o)) {}
+
+  std::string name() const override { return "wikitext2"; }
+  std::string model_name() const override { return fs::path(o_.model_dir).filename().string(); }
+  sweep::Metric metric() const override { return {"test_ppl", "test perplexity", false}; }
+  int64_t steps_per_epoch() const override { return (o_.train_size + o_.batch_size - 1) / o_.batch_size; }
+
+  void prepare() override {
+    const fs::path data = fs::path(o_.data_dir) / "wikitext-2-raw", model(o_.model_dir);
+    const auto train_split = o_.extra.at("train-split");
+    const auto train_file = data / ("wiki." + train_split + ".raw");
+    require_files({model / "config.json", model / "model.safetensors", model / "vocab.json", model / "merges.txt",
+                   train_file, data / "wiki.valid.raw", data / "wiki.test.raw"},
+                  o_.data_dir);
+    text::BpeTokenizer tok(model / "vocab.json", model / "merges.txt");
+    pad_id_ = tok.eos_id();
+    const auto encode = [&](const std::string& s) { return tok.encode(s); };
+    const auto block = std::stoll(o_.extra.at("block-size"));
+    train_ = first_blocks(data::load_wikitext(train_file, encode, block).blocks, o_.train_size, "--train-size");
+    val_ = first_blocks(data::load_wikitext(data / "wiki.valid.raw", encode, block).blocks, o_.val_size, "--val-size");
+    test_ = first_blocks(data::load_wikitext(data / "wiki.test.raw", encode, block).blocks,
+                         std::stoll(o_.extra.at("test-size")), "--test-size");
+  }
+
+  sweep::Model make_model(const sweep::Point&) override {
+    auto loaded = models::load_gpt2(o_.model_dir);
+    auto net = loaded.model.ptr();
+    const auto device = sweep::device_of(o_);
+    sweep::Model m;
+    m.module = net;
+    m.loss = [net](const sweep::Batch& b) {
+      return models::causal_lm_loss(net->forward(b.at("input_ids"), b.at("attention_mask")), b.at("labels"));  // ()
+    };
+    auto mean_nll = [this, net, device](const std::vector<std::vector<int64_t>>& blocks) {
+      return sweep::weighted_mean(eval_batches(blocks), device, [&](const sweep::Batch& b) {
+        namespace F = torch::nn::functional;
+        auto logits = net->forward(b.at("input_ids"), b.at("attention_mask"));  // (B, T, V)
+        auto x = logits.slice(/*dim=*/1, 0, -1).reshape({-1, logits.size(2)});  // (B (T-1), V)
+        auto y = b.at("labels").slice(/*dim=*/1, 1).reshape({-1});              // (B (T-1))
+        auto sum = F::cross_entropy(x, y, F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+        return std::make_pair(sum, (y != -100).sum());
+      });
+    };
+    m.val_loss = [this, mean_nll] { return mean_nll(val_); };
+    m.test_metric = [this, mean_nll] { return std::exp(mean_nll(test_)); };
+    return m;
+  }
+
+  std::vector<sweep::Batch> train_batches(int64_t epoch, const sweep::Point& p) override {
+    auto opts = batch_options(/*shuffle=*/true);
+    auto rng = epoch_rng(p.seed, epoch);
+    std::vector<sweep::Batch> out;
+    for (const auto& b : data::plan_batches(data::lengths_of(train_), opts, rng))
+      out.push_back(named(data::collate_lm(train_, b, opts)));
+    return out;
+  }
+
+ private:
+  /// The first `n` blocks (n <= 0: all); more than the split holds is an error naming the flag.
+  static std::vector<std::vector<int64_t>> first_blocks(std::vector<std::vector<int64_t>> blocks, int64_t n,
+                                                        const char* flag) {
+    if (n > static_cast<int64_t>(blocks.size()))
+      throw lora::ConfigError(lora::detail::str(flag, " ", n, " asks for more blocks than the split holds (",
+                                                blocks.size(), " at this --block-size). Lower it, or 0 for all."));
+    if (n > 0) blocks.resize(static_cast<size_t>(n));
+    return blocks;
+  }
+
+  data::BatchOptions batch_options(bool shuffle) const {
+    data::BatchOptions opts;
+    opts.batch_size = o_.batch_size;
+    opts.max_len = std::stoll(o_.extra.at("block-size"));
+    opts.pad_id = pad_id_;
+    opts.shuffle = shuffle;
+    return opts;
+  }
+
+  std::vector<sweep::Batch> eval_batches(const std::vector<std::vector<int64_t>>& blocks) const {
+    auto opts = batch_options(/*shuffle=*/false);
+    std::mt19937_64 unused;
+    std::vector<sweep::Batch> out;
+    for (const auto& b : data::plan_batches(data::lengths_of(blocks), opts, unused))
+      out.push_back(named(data::collate_lm(blocks, b, opts)));
+    return out;
+  }
+
+  sweep::Options o_;
+  int64_t pad_id_ = 0;
+  std::vector<std::vector<int64_t>> train_, val_, test_;
+};
+
+/// The command line of wikitext_sweep.
+inline sweep::ProgramSpec wikitext_spec() {
+  sweep::ProgramSpec s;
+  s.name = "wikitext_sweep";
+  s.description =
+      "LoRA vs full fine-tuning of distilgpt2 on WikiText-2: test perplexity over learning rate x rank. "
+      "--train-size and --val-size count blocks of --block-size tokens";
+  s.model_subdir = "models/distilgpt2";
+  s.defaults = {{"--targets", {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"}},
+                {"--lrs", {"1e-5", "3e-5", "1e-4", "3e-4", "1e-3"}},
+                {"--train-size", {"0"}},
+                {"--val-size", {"0"}}};
+  s.presets["quick"] = {"a few minutes on a laptop CPU: 1 epoch on 64 blocks, 2 LoRA LRs at r16, FullFT at 2 LRs",
+                        {{"--epochs", {"1"}}, {"--train-size", {"64"}}, {"--val-size", {"32"}},
+                         {"--ranks", {"16"}}, {"--lrs", {"3e-4", "1e-3"}}, {"--full-finetune", {}},
+                         {"--full-lrs", {"3e-5", "1e-4"}}}};
+  s.presets["seed"] = {"the seed study's figure: LoRA at 5 LRs x 4 ranks + FullFT at 5 LRs, 5 epochs",
+                       {{"--lrs", {"1e-5", "3e-5", "1e-4", "3e-4", "1e-3"}}, {"--ranks", {"16", "32", "64", "128"}},
+                        {"--alpha", {"32"}}, {"--full-finetune", {}},
+                        {"--full-lrs", {"3e-6", "1e-5", "3e-5", "1e-4", "3e-4"}}}};
+  s.presets["seed-lm-head"] = {"the seed's probable setting: only the tied lm_head adapted",
+                               {{"--targets", {"lm_head"}}}};
+  s.add_flags = [](CLI::App& app, sweep::Options& o) {
+    o.extra["block-size"] = "128";
+    app.add_option("--block-size", o.extra["block-size"], "tokens per block (training, validation and test)")
+        ->check(CLI::PositiveNumber);
+    o.extra["test-size"] = "0";
+    app.add_option("--test-size", o.extra["test-size"], "evaluate on the first N test blocks (0: the whole split)")
+        ->check(CLI::NonNegativeNumber);
+    o.extra["train-split"] = "train";
+    app.add_option("--train-split", o.extra["train-split"],
+                   "the file to train on: train (wiki.train.raw) or valid (wiki.valid.raw, a stand-in when the "
+                   "train file is absent; validation then overlaps training)")
+        ->check(CLI::IsMember({"train", "valid"}));
+  };
+  return s;
+}
+
+}  // namespace tasks

@@ -1,0 +1,164 @@
+// agnews_sweep and wikitext_sweep end to end, as separate processes, on the tiny full-vocab
+// fixtures (laid out exactly like the real Hub downloads) and the shared data: every output,
+// a SIGKILL mid-sweep and a resume, and shards + --merge equal to one unsharded run.
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "support.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+fs::path fresh_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("lora_sweep_e2e_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+/// The small AG-News sweep: 2 LoRA LRs x 2 ranks + FullFT at 1 LR, a few steps each.
+std::string agnews_args(const fs::path& out) {
+  return std::string(LORA_AGNEWS_SWEEP_PATH) + " --model-dir " +
+         lora_test::fixture("distilbert_fullvocab_tiny").string() + " --data-dir " + lora_test::data("").string() +
+         " --epochs 2 --train-size 64 --val-size 32 --test-size 64 --batch-size 16 --max-len 64 --threads 1" +
+         " --ranks 2 4 --lrs 1e-3 1e-2 --full-lrs 1e-3 --out " + out.string();
+}
+
+size_t point_files(const fs::path& out) {
+  size_t n = 0;
+  if (fs::exists(out / "points"))
+    for (const auto& e : fs::directory_iterator(out / "points")) n += e.path().extension() == ".json";
+  return n;
+}
+
+/// results.json's runs without what differs between runs of the same experiment (times, hosts).
+json runs_of(const fs::path& out) {
+  auto r = json::parse(lora_test::read_text(out / "results.json"));
+  json runs = r.at("runs");
+  for (auto& column : runs)
+    for (auto& record : column) {
+      record.erase("environment");
+      record.erase("wall_time_s");
+      for (auto& seed : record.value("seeds", json::object())) {
+        seed.erase("environment");
+        seed.erase("wall_time_s");
+      }
+      if (record.contains("seeds")) record.erase("seeds");
+    }
+  return runs;
+}
+}  // namespace
+
+TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]") {
+  LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
+  LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
+  const auto out = fresh_dir("agnews");
+  auto r = lora_test::run_program(agnews_args(out));
+  REQUIRE(r.status == 0);
+  CHECK(point_files(out) == 5);
+  for (const char* f : {"results.json", "summary.md", "plot.svg"}) {
+    INFO(f);
+    CHECK(fs::exists(out / f));
+  }
+  const auto results = json::parse(lora_test::read_text(out / "results.json"));
+  const auto& runs = results.at("runs");
+  REQUIRE(runs.contains("full"));
+  REQUIRE(runs.contains("lora_r2"));
+  const auto& rec = runs["lora_r2"]["0.001"];
+  for (const char* k : {"best_val_loss", "test_acc", "train_losses", "val_losses"}) {
+    INFO(k);
+    CHECK(rec.contains(k));
+  }
+  CHECK(rec["train_losses"].size() == 2);
+  CHECK(results.dump().find("distilbert_fullvocab_tiny") != std::string::npos);  // the model is recorded
+  const auto summary = lora_test::read_text(out / "summary.md");
+  CHECK(summary.find("ratio") != std::string::npos);
+  CHECK(r.out.find("ratio") != std::string::npos);  // printed at the end too
+  CHECK(lora_test::read_text(out / "plot.svg").find("<polyline") != std::string::npos);
+
+  // A rerun redoes nothing.
+  const auto before = fs::last_write_time(out / "points" / "lora_r2_lr1e-03_s42.json");
+  r = lora_test::run_program(agnews_args(out));
+  REQUIRE(r.status == 0);
+  CHECK(fs::last_write_time(out / "points" / "lora_r2_lr1e-03_s42.json") == before);
+  fs::remove_all(out);
+}
+
+TEST_CASE("agnews_sweep: killed mid-sweep, then resumed; shards + merge equal one run", "[programs][sweep]") {
+  LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
+  LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
+  const auto one = fresh_dir("one"), killed = fresh_dir("killed"), sharded = fresh_dir("sharded");
+  REQUIRE(lora_test::run_program(agnews_args(one)).status == 0);
+
+  // SIGKILL once two points are done, then resume.
+  const auto pid_file = killed / "pid";
+  REQUIRE(std::system((agnews_args(killed) + " >/dev/null 2>&1 & echo $! > " + pid_file.string()).c_str()) == 0);
+  const auto pid = std::stoi(lora_test::read_text(pid_file));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (point_files(killed) < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ::kill(pid, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto done = point_files(killed);
+  INFO(done << " points were done when the sweep was killed");
+  REQUIRE(done >= 2);
+  std::map<fs::path, fs::file_time_type> times;
+  for (const auto& e : fs::directory_iterator(killed / "points"))
+    if (e.path().extension() == ".json") {
+      REQUIRE_NOTHROW(json::parse(lora_test::read_text(e.path())));  // no corrupt file
+      times[e.path()] = fs::last_write_time(e.path());
+    }
+  REQUIRE(lora_test::run_program(agnews_args(killed)).status == 0);
+  CHECK(point_files(killed) == 5);
+  for (const auto& [path, t] : times) CHECK(fs::last_write_time(path) == t);  // not redone
+  CHECK(runs_of(killed) == runs_of(one));
+
+  // Two shards, then --merge.
+  REQUIRE(lora_test::run_program(agnews_args(sharded) + " --shard 0/2").status == 0);
+  const auto half = point_files(sharded);
+  CHECK(half > 0);
+  CHECK(half < 5);
+  REQUIRE(lora_test::run_program(agnews_args(sharded) + " --shard 1/2").status == 0);
+  REQUIRE(lora_test::run_program(agnews_args(sharded) + " --merge").status == 0);
+  CHECK(runs_of(sharded) == runs_of(one));
+  for (const auto& d : {one, killed, sharded}) fs::remove_all(d);
+}
+
+TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[programs][sweep]") {
+  LORA_REQUIRE_PATH(lora_test::fixture("distilgpt2_fullvocab_tiny"));
+  LORA_REQUIRE_PATH(lora_test::data("wikitext-2-raw/wiki.valid.raw"));
+  const auto out = fresh_dir("wikitext");
+  const std::string cmd = std::string(LORA_WIKITEXT_SWEEP_PATH) + " --model-dir " +
+                          lora_test::fixture("distilgpt2_fullvocab_tiny").string() + " --data-dir " +
+                          lora_test::data("").string() +
+                          " --train-split valid --block-size 32 --train-size 16 --val-size 8 --test-size 8 --epochs 1" +
+                          " --batch-size 8 --threads 1 --ranks 2 --lrs 1e-3 --full-lrs 1e-3 --out " + out.string();
+  const auto r = lora_test::run_program(cmd);
+  REQUIRE(r.status == 0);
+  const auto results = json::parse(lora_test::read_text(out / "results.json"));
+  const double ppl = results["runs"]["lora_r2"]["0.001"]["test_ppl"];
+  CHECK(ppl > 1);
+  CHECK(ppl < 1e6);
+  // The default targets are GPT-2's real projections, recorded with the run.
+  CHECK(results.dump().find("c_attn") != std::string::npos);
+  fs::remove_all(out);
+}
+
+TEST_CASE("missing files stop the sweep before training, naming each file and the fetch command", "[programs][sweep]") {
+  const auto out = fresh_dir("missing");
+  const auto r = lora_test::run_program(std::string(LORA_AGNEWS_SWEEP_PATH) + " --model-dir /nonexistent/model" +
+                                        " --data-dir /nonexistent/data --out " + out.string() + " 2>&1");
+  CHECK(r.status != 0);
+  CHECK(r.out.find("/nonexistent/model/model.safetensors") != std::string::npos);
+  CHECK(r.out.find("/nonexistent/data/agnews/test.csv") != std::string::npos);
+  CHECK(r.out.find("scripts/fetch-assets.sh") != std::string::npos);
+  CHECK(point_files(out) == 0);
+  fs::remove_all(out);
+}
