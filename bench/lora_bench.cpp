@@ -302,7 +302,9 @@ class FFNImpl : public torch::nn::Module {
     lin2 = register_module("lin2", torch::nn::Linear(c.hidden_dim, c.dim));
     dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return dropout(lin2(models::activate(activation, lin1(x)))); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return models::detail::dropout(lin2(models::activate(activation, lin1(x))), dropout);
+  }
   models::Activation activation;
   torch::nn::Linear lin1{nullptr}, lin2{nullptr};
   torch::nn::Dropout dropout{nullptr};

@@ -302,4 +302,46 @@ TEST_CASE("DistilBERT's attention core equals softmax(q k^T / sqrt(hd) + mask) v
   auto b = models::detail::attend(q, k, v, torch::Tensor(), 2, dropout);
   REQUIRE_FALSE(torch::allclose(a, b));
 }
+
+TEST_CASE("DistilBERT's fast dropout keeps 1 - p of the values, scaled, and routes gradients through the mask", "[fused]") {
+  torch::nn::Dropout module(0.1);
+  module->train();
+  torch::manual_seed(22);
+  auto x = (torch::rand({64, 128, 128}) + 0.5).requires_grad_();  // no zeros: y != 0 marks a kept value
+  auto y = models::detail::dropout(x, module);
+  auto kept = (y != 0);
+  const double frac = kept.to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(frac - 0.9) < 0.002);  // 1M values: the standard error is 0.0003
+  // Kept values are x / (1 - p), exactly as torch::dropout scales them.
+  REQUIRE(lora_test::allclose(y.masked_select(kept), x.masked_select(kept) / 0.9f, 1e-6, 0, "kept values"));
+  // No pattern along the last dimension or across rows: every column and every row keeps ~90%.
+  const auto per_col = kept.to(torch::kDouble).mean({0, 1});
+  CHECK(((per_col - 0.9).abs() < 0.02).all().item<bool>());
+  auto G = torch::randn_like(y);
+  auto g = torch::autograd::grad({(y * G).sum()}, {x})[0];
+  REQUIRE(lora_test::allclose(g, G * kept.to(torch::kFloat) / 0.9f, 1e-6, 1e-7, "dropout gradient"));
+
+  // Reproducible under torch::manual_seed; a fresh mask each call.
+  torch::manual_seed(5);
+  auto a = models::detail::dropout(x.detach(), module);
+  auto b = models::detail::dropout(x.detach(), module);
+  torch::manual_seed(5);
+  auto a2 = models::detail::dropout(x.detach(), module);
+  REQUIRE(torch::equal(a, a2));
+  REQUIRE_FALSE(torch::equal(a, b));
+  // Two masks agree about as often as independent ones would: 0.9^2 + 0.1^2 = 0.82.
+  const double agree = ((a != 0) == (b != 0)).to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(agree - 0.82) < 0.003);
+
+  // Eval mode and p = 0 are the identity; other dtypes take torch's own dropout.
+  module->eval();
+  REQUIRE(models::detail::dropout(x, module).is_same(x));
+  module->train();
+  torch::nn::Dropout none(0.0);
+  none->train();
+  REQUIRE(models::detail::dropout(x, none).is_same(x));
+  auto xd = torch::rand({1000, 100}, torch::kDouble) + 0.5;
+  const double frac_d = (models::detail::dropout(xd, module) != 0).to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(frac_d - 0.9) < 0.005);
+}
 #endif
