@@ -23,7 +23,8 @@
 // compute (so OpenMP/OpenBLAS thread pools and CUDA start fresh in each): each side of a
 // comparison has its own process, so its peak RSS (VmHWM) is its own, and the sides of a
 // ratio step in turns (A, B, C, A, B, C, ...) so that a change in machine load hits them alike.
-// Step times are medians over the timed steps after warm-up.
+// Times are medians over the timed steps after warm-up; ratios are medians over rounds of the
+// ratio within a round.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -34,7 +35,8 @@
 #include <data/batching.hpp>
 #include <lora/lora.hpp>
 #include <models/distilbert.hpp>
-#include <perf/blas_check.hpp>
+#include <perf/allocator.hpp>
+#include <perf/blas.hpp>
 #include <text/bpe.hpp>
 #include <text/wordpiece.hpp>
 
@@ -80,16 +82,26 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/// median over i of a[i] / b[i]: pairs measured back to back.
+double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> r;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) r.push_back(a[i] / b[i]);
+  return median(r);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Options
 
 struct Options {
   std::string device = "cpu";
-  int threads = 0;       ///< torch::set_num_threads; 0: one per core (measured best, docs/performance.md)
-  int blas_threads = 0;  ///< openblas_set_num_threads; 0: one per core
+  /// torch::set_num_threads (LibTorch's own pool, used by elementwise kernels). 1 measured
+  /// best here: the kernels between the matrix products are short, and waking a second
+  /// OpenMP thread on a 2-core VM cost more than it saved (docs/performance.md).
+  int threads = 1;
+  int blas_threads = 0;  ///< openblas_set_num_threads (the matrix products); 0: one per core
   std::string allocator = "caching";  ///< "caching": perf::use_caching_cpu_allocator(); "default": LibTorch's
   int steps = 0;         ///< timed training steps per side; 0: 5 (3 with --quick)
-  int warmup = 1;
+  int warmup = 2;
   bool quick = false;
   std::string json_path;
   fs::path shared_dir;
@@ -145,7 +157,7 @@ using Handler = std::function<json(const json&)>;
 
 void apply_threads(const Options& o) {
   const int cores = cpus_allowed();
-  torch::set_num_threads(o.threads > 0 ? o.threads : cores);
+  torch::set_num_threads(o.threads > 0 ? o.threads : cores);  // 0: one per core
   perf::set_blas_threads(o.blas_threads > 0 ? o.blas_threads : cores);
 }
 
@@ -667,7 +679,7 @@ Handler padding_handler(const Options& o) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tokenizers (the code of bench/tokenizer_bench.cpp, one cold pass per corpus)
+// Tokenizers: one cold pass per corpus
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -755,7 +767,7 @@ int main(int argc, char** argv) try {
   Options o;
   CLI::App app{"lora_bench: the LoRA performance figures, measured side by side in one run"};
   app.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--threads", o.threads, "LibTorch intra-op threads (0: one per core)");
+  app.add_option("--threads", o.threads, "LibTorch intra-op threads (default 1, measured best; 0: one per core)");
   app.add_option("--blas-threads", o.blas_threads, "OpenBLAS threads (0: one per core)");
   app.add_option("--allocator", o.allocator,
                  "caching: perf::use_caching_cpu_allocator() in every process (default); default: LibTorch's")
@@ -778,6 +790,7 @@ int main(int argc, char** argv) try {
   if (o.quick) {
     o.layers = 2;
     if (o.steps == 0) o.steps = 3;
+    if (app.count("--warmup") == 0) o.warmup = 1;
     if (app.count("--batch") == 0) o.batch = 8;
   }
   if (o.steps == 0) o.steps = 5;
@@ -874,8 +887,10 @@ int main(int argc, char** argv) try {
     const double full = median(times[0]), lo = median(times[1]), compat = median(times[2]);
     const double flops = train_step_flops(cfg, o.batch, o.tokens);
     const double achieved = flops / full / 1e9, peak = median(gemm_ffn);
-    fig("step_time_ratio").value = lo / full;
-    fig("compat_path_step_ratio").value = compat / lo;
+    // Ratios: the median over rounds of the ratio within a round (its steps ran back to back),
+    // which a passing disturbance of the machine moves far less than a ratio of medians.
+    fig("step_time_ratio").value = median_ratio(times[1], times[0]);
+    fig("compat_path_step_ratio").value = median_ratio(times[2], times[1]);
     fig("peak_rss_ratio").value = ends[1]["vm_hwm_mib"].get<double>() / ends[0]["vm_hwm_mib"].get<double>();
     fig("fullft_sgemm_fraction").value = achieved / peak;
     details["train"] = {{"fullft_step_s", full},
@@ -894,7 +909,10 @@ int main(int argc, char** argv) try {
                         {"fullft_gflops", achieved},
                         {"sgemm_ffn_gflops", gemm_ffn},
                         {"sgemm_proj_gflops", gemm_proj},
-                        {"plain_model_max_diff", compat_info["plain_model_max_diff"]}};
+                        {"plain_model_max_diff", compat_info["plain_model_max_diff"]},
+                        {"allocator_fullft", ends[0]},
+                        {"allocator_lora", ends[1]},
+                        {"allocator_compat", ends[2]}};
     fmt::print("  median step: FullFT {:.3f} s, LoRA {:.3f} s, LoRA compat {:.3f} s\n", full, lo, compat);
     fmt::print("  peak RSS: FullFT {:.0f} MiB, LoRA {:.0f} MiB, compat {:.0f} MiB (each process; {:.0f} MiB at fork)\n",
                ends[0]["vm_hwm_mib"].get<double>(), ends[1]["vm_hwm_mib"].get<double>(),
@@ -921,8 +939,8 @@ int main(int argc, char** argv) try {
       }
     w.finish();
     const double base = median(t[0]), un = median(t[1]), me = median(t[2]);
-    fig("unmerged_forward_overhead").value = un / base;
-    fig("merged_forward_overhead").value = me / base;
+    fig("unmerged_forward_overhead").value = median_ratio(t[1], t[0]);
+    fig("merged_forward_overhead").value = median_ratio(t[2], t[0]);
     details["forward"] = {{"base_s", base}, {"unmerged_s", un}, {"merged_s", me},
                           {"base_runs_s", t[0]}, {"unmerged_runs_s", t[1]}, {"merged_runs_s", t[2]}};
     fmt::print("  median forward ({} runs): base {:.3f} s, unmerged {:.3f} s, merged {:.3f} s\n", reps, base, un, me);

@@ -170,11 +170,9 @@ int cmd_ppl(const std::string& dir, const std::string& text_file, int64_t block_
     std::vector<size_t> batch;
     for (size_t j = i; j < std::min(split.blocks.size(), i + static_cast<size_t>(batch_size)); ++j) batch.push_back(j);
     const auto b = data::collate_lm(split.blocks, batch, opts);
-    const auto part = models::causal_lm_nll(loaded.model->forward(b.input_ids, b.attention_mask), b.labels);
-    total.nll += part.nll;
-    total.tokens += part.tokens;
+    total += models::causal_lm_nll(loaded.model->forward(b.input_ids, b.attention_mask), b.labels);
   }
-  std::cout << json{{"ppl", std::exp(total.nll / static_cast<double>(total.tokens))},
+  std::cout << json{{"ppl", total.perplexity()},
                     {"nll", total.nll},
                     {"tokens", total.tokens},
                     {"blocks", split.blocks.size()},

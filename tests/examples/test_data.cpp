@@ -3,6 +3,7 @@
 #include "data/batching.hpp"
 #include "data/csv.hpp"
 #include "data/wikitext.hpp"
+#include "models/gpt2.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -292,17 +293,17 @@ TEST_CASE("wikitext: a padded last block, its labels and the perplexity rule", "
   // Uniform logits over V ids: NLL log V per predicted token, perplexity V, and only the
   // 4 targets (6, 7, 9, 10) are counted; padding and first tokens never are.
   const std::int64_t v = 16;
-  const auto s = data::lm_nll_sum(torch::zeros({3, 3, v}), b.labels);
+  const auto s = models::causal_lm_nll(torch::zeros({3, 3, v}), b.labels);
   CHECK(s.tokens == 4);
   CHECK(s.tokens == data::predicted_tokens(blocks));
   CHECK(s.nll == Approx(4 * std::log(16.0)));
-  CHECK(data::perplexity(s) == Approx(16.0));
+  CHECK(s.perplexity() == Approx(16.0));
 
   // The sum is token-weighted across batches.
   auto logits = torch::zeros({1, 3, v});
   logits[0][0][6] = 100.0;  // position 0 predicts token 6 with near certainty
-  data::NllSum total = data::lm_nll_sum(logits, b.labels.slice(0, 0, 1));
-  total += data::lm_nll_sum(torch::zeros({2, 3, v}), b.labels.slice(0, 1, 3));
+  models::TokenNll total = models::causal_lm_nll(logits, b.labels.slice(0, 0, 1));
+  total += models::causal_lm_nll(torch::zeros({2, 3, v}), b.labels.slice(0, 1, 3));
   CHECK(total.tokens == 4);
   CHECK(total.nll == Approx(3 * std::log(16.0)).margin(1e-6));
   CHECK(contains(error_of([] { data::make_blocks({1, 2}, 1); }), "block_size is 1"));

@@ -68,15 +68,8 @@ std::vector<std::pair<torch::Tensor, torch::Tensor>> inputs(const fs::path& dir)
 }
 
 /// Runs lora_inspect with `args`, capturing stdout.
-std::pair<int, std::string> inspect(const std::string& args) {
-  const std::string cmd = std::string(LORA_INSPECT_PATH) + " " + args;
-  std::string out;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  return {pclose(pipe), out};
+lora_test::ProgramRun inspect(const std::string& args) {
+  return lora_test::run_program(std::string(LORA_INSPECT_PATH) + " " + args);
 }
 
 }  // namespace
@@ -285,11 +278,11 @@ TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][
     std::ofstream(in) << json{{"input_ids", c["input_ids"]}, {"attention_mask", c["attention_mask"]},
                               {"labels", c["labels"]}}
                              .dump();
-    const auto [status, out] =
+    const auto run =
         inspect("forward --model-dir " + dir.string() + " --input " + in.string() + " --adapter " + dir.string());
     fs::remove_all(in.parent_path());
-    REQUIRE(status == 0);
-    const auto j = json::parse(out);
+    REQUIRE(run.status == 0);
+    const auto j = json::parse(run.out);
     CHECK(j["adapter"]["layers"] == 2);
     CHECK(lora_test::allclose(to_tensor(j["logits"], torch::kDouble), to_tensor(c["logits"], torch::kDouble), rtol, atol,
                               "lora_inspect --adapter logits"));
@@ -298,9 +291,9 @@ TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][
   // A folder that is no adapter: exit code 1, the reason on stderr, nothing on stdout.
   const auto tmp = temp_dir("inspect_bad");
   std::ofstream(tmp / "input.json") << json{{"input_ids", {{1, 2, 3}}}}.dump();
-  const auto [status, out] = inspect("forward --model-dir " + dir.string() + " --input " + (tmp / "input.json").string() +
-                                     " --adapter " + (tmp / "nope").string() + " 2>/dev/null");
-  CHECK(status != 0);
-  CHECK(out.empty());
+  const auto run = inspect("forward --model-dir " + dir.string() + " --input " + (tmp / "input.json").string() +
+                           " --adapter " + (tmp / "nope").string() + " 2>/dev/null");
+  CHECK(run.status != 0);
+  CHECK(run.out.empty());
   fs::remove_all(tmp);
 }

@@ -22,7 +22,7 @@
 //    (no sliding window), which gives a somewhat higher perplexity than a strided evaluation.
 // 5. Perplexity = exp(sum of the NLL, in nats, of every predicted token of the split / number
 //    of predicted tokens): one token-weighted mean over the whole split, not a mean of
-//    per-batch or per-block means (lm_nll_sum() and perplexity() below).
+//    per-batch or per-block means (models::causal_lm_nll_sum() and TokenNll::perplexity()).
 #pragma once
 
 #include <torch/torch.h>
@@ -124,37 +124,6 @@ inline LmSplit load_wikitext(const std::filesystem::path& path, const Tokenize& 
   s.tokens = static_cast<std::int64_t>(stream.size());
   s.predicted = predicted_tokens(s.blocks);
   return s;
-}
-
-/// A running sum of NLL over predicted tokens; add batches with +=.
-struct NllSum {
-  double nll = 0.0;         ///< nats
-  std::int64_t tokens = 0;  ///< predicted tokens summed over
-  NllSum& operator+=(const NllSum& o) {
-    nll += o.nll;
-    tokens += o.tokens;
-    return *this;
-  }
-};
-
-/// The summed NLL of a batch: logits (B, T, V) at position t scored against labels (B, T) at
-/// t + 1; labels -100 (padding) are skipped. Computed in float32 whatever the logits' dtype.
-inline NllSum lm_nll_sum(const torch::Tensor& logits, const torch::Tensor& labels) {
-  if (logits.dim() != 3 || labels.dim() != 2 || logits.size(0) != labels.size(0) || logits.size(1) != labels.size(1))
-    throw lora::ShapeError(lora::detail::str("lm_nll_sum: logits ", logits.sizes(), " and labels ", labels.sizes(),
-                                             " do not fit; expected (B, T, V) and (B, T)"));
-  const auto v = logits.size(2);
-  const auto pred = logits.slice(1, 0, -1).reshape({-1, v}).to(torch::kFloat);
-  const auto target = labels.slice(1, 1).reshape({-1});
-  const auto nll = torch::nn::functional::cross_entropy(
-      pred, target, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
-  return {nll.item<double>(), (target != -100).sum().item<std::int64_t>()};
-}
-
-/// exp(mean NLL per predicted token) (rule 5).
-inline double perplexity(const NllSum& s) {
-  if (s.tokens <= 0) throw lora::ConfigError("perplexity: no predicted tokens were summed");
-  return std::exp(s.nll / static_cast<double>(s.tokens));
 }
 
 }  // namespace data

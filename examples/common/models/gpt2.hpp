@@ -180,19 +180,38 @@ inline torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Te
   return F::cross_entropy(x, y, F::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
-/// The summed negative log-likelihood and the number of targets counted: perplexity over many
-/// batches is exp(sum of `nll` / sum of `tokens`).
-struct TokenNll {
-  double nll = 0;
-  int64_t tokens = 0;
-};
-
-/// As causal_lm_loss, summed instead of averaged.
-inline TokenNll causal_lm_nll(const torch::Tensor& logits, const torch::Tensor& labels) {
+/// As causal_lm_loss, summed instead of averaged: the summed NLL (nats) and the number of
+/// targets counted, as 0-dim tensors on the logits' device (no host synchronisation), so
+/// perplexity over many batches is exp(sum of the first / sum of the second). Computed in
+/// float32 whatever the logits' dtype.
+inline std::pair<torch::Tensor, torch::Tensor> causal_lm_nll_sum(const torch::Tensor& logits,
+                                                                 const torch::Tensor& labels) {
   auto [x, y] = detail::shift_for_next_token(logits, labels);
   namespace F = torch::nn::functional;
-  const auto sum = F::cross_entropy(x, y, F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
-  return {sum.item<double>(), (y != -100).sum().item<int64_t>()};
+  auto sum = F::cross_entropy(x.to(torch::kFloat), y, F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  return {sum, (y != -100).sum()};
+}
+
+/// A running sum of NLL over predicted tokens, on the host; add batches with +=.
+struct TokenNll {
+  double nll = 0;      ///< nats
+  int64_t tokens = 0;  ///< targets counted
+  TokenNll& operator+=(const TokenNll& o) {
+    nll += o.nll;
+    tokens += o.tokens;
+    return *this;
+  }
+  /// exp(mean NLL per counted target).
+  double perplexity() const {
+    if (tokens <= 0) throw lora::ConfigError("perplexity: no predicted tokens were summed");
+    return std::exp(nll / static_cast<double>(tokens));
+  }
+};
+
+/// causal_lm_nll_sum, brought to the host.
+inline TokenNll causal_lm_nll(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const auto [sum, count] = causal_lm_nll_sum(logits, labels);
+  return {sum.item<double>(), count.item<int64_t>()};
 }
 
 }  // namespace models

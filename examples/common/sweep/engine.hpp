@@ -53,6 +53,8 @@
 #include <string>
 #include <vector>
 
+#include "perf/blas.hpp"
+
 #include "grid.hpp"
 #include "options.hpp"
 #include "plot.hpp"
@@ -452,6 +454,8 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
 
   bool stopped = false;
   if (!todo.empty()) {
+    if (device.is_cpu())  // a reference BLAS makes every matmul ~40x slower: say so up front
+      if (const auto blas = perf::blas_check(); blas.slow()) *hooks.log << blas.warning << "\n";
     task.prepare();
     Progress progress(*hooks.log, hooks.terminal.value_or(::isatty(STDERR_FILENO) != 0));
     const int64_t steps = o.epochs * task.steps_per_epoch();

@@ -53,12 +53,7 @@ class WikiTextTask : public sweep::Task {
     };
     auto mean_nll = [this, net, device](const std::vector<std::vector<int64_t>>& blocks) {
       return sweep::weighted_mean(eval_batches(blocks), device, [&](const sweep::Batch& b) {
-        namespace F = torch::nn::functional;
-        auto logits = net->forward(b.at("input_ids"), b.at("attention_mask"));  // (B, T, V)
-        auto x = logits.slice(/*dim=*/1, 0, -1).reshape({-1, logits.size(2)});  // (B (T-1), V)
-        auto y = b.at("labels").slice(/*dim=*/1, 1).reshape({-1});              // (B (T-1))
-        auto sum = F::cross_entropy(x, y, F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
-        return std::make_pair(sum, (y != -100).sum());
+        return models::causal_lm_nll_sum(net->forward(b.at("input_ids"), b.at("attention_mask")), b.at("labels"));
       });
     };
     m.val_loss = [this, mean_nll] { return mean_nll(val_); };

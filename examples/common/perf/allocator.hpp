@@ -1,34 +1,12 @@
-// Process-wide CPU performance settings for programs built on LibTorch: which BLAS the CPU
-// matmuls run on, how fast it is and how many threads it uses (blas_check()), and a CPU
-// allocator that keeps large blocks for reuse (use_caching_cpu_allocator()).
-//
-// LibTorch built against the system BLAS (Debian's libtorch does: libblas.so.3, chosen by
-// update-alternatives) silently runs about 40x slower when that alternative points at the
-// reference (netlib) BLAS instead of OpenBLAS. blas_check() times a small sgemm through
-// LibTorch and returns a warning to print when it is slow. The library itself never prints;
-// the example programs and bench/lora_bench print the warning at start-up.
-//
-//   auto check = perf::blas_check();
-//   if (!check.warning.empty()) std::cerr << check.warning << "\n";
-//
-// The library is found by resolving the `sgemm_` symbol LibTorch calls (dladdr), so this works
-// for a dynamically linked BLAS; a BLAS linked into libtorch_cpu.so itself (MKL in the PyTorch
-// binaries) is named by its version function when it exports one.
+// A CPU allocator for LibTorch that keeps large blocks for reuse (use_caching_cpu_allocator()).
 #pragma once
 
-#include <dlfcn.h>
 #include <sys/mman.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
-#include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
-#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -36,57 +14,10 @@
 #include <map>
 #include <mutex>
 #include <new>
-#include <sstream>
-#include <string>
 #include <unordered_map>
 
 namespace perf {
 
-/// The BLAS library behind LibTorch's CPU sgemm, as "OpenBLAS 0.3.21 ... (path)", "reference
-/// BLAS (path)", ... or "unknown" when it cannot be told.
-inline std::string blas_library() {
-  std::string path;
-  if (void* sym = dlsym(RTLD_DEFAULT, "sgemm_")) {
-    Dl_info info{};
-    if (dladdr(sym, &info) && info.dli_fname) {
-      path = info.dli_fname;
-      if (char* real = realpath(info.dli_fname, nullptr)) {
-        path = real;
-        std::free(real);
-      }
-    }
-  }
-  using config_fn = char* (*)();
-  if (auto cfg = reinterpret_cast<config_fn>(dlsym(RTLD_DEFAULT, "openblas_get_config")))
-    return std::string("OpenBLAS (") + cfg() + ")" + (path.empty() ? "" : " " + path);
-  if (dlsym(RTLD_DEFAULT, "mkl_get_version_string") || dlsym(RTLD_DEFAULT, "MKL_Get_Version_String"))
-    return "Intel MKL" + (path.empty() ? "" : " " + path);
-  if (dlsym(RTLD_DEFAULT, "bli_info_get_version_str")) return "BLIS" + (path.empty() ? "" : " " + path);
-  if (path.find("/blas/libblas") != std::string::npos || path.find("libblas.so") != std::string::npos)
-    return "reference BLAS (netlib) " + path;
-  return path.empty() ? "unknown (no dynamic sgemm_ symbol: a BLAS linked into LibTorch, or MKL-DNN only)"
-                      : "unknown " + path;
-}
-
-/// OpenBLAS's thread count, or -1 when the BLAS is not OpenBLAS.
-inline int blas_threads() {
-  using get_fn = int (*)();
-  auto get = reinterpret_cast<get_fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return get ? get() : -1;
-}
-
-/// Sets OpenBLAS's thread count (its own pool, separate from LibTorch's intra-op threads that
-/// torch::set_num_threads controls). Returns false when the BLAS is not OpenBLAS.
-inline bool set_blas_threads(int n) {
-  using set_fn = void (*)(int);
-  auto set = reinterpret_cast<set_fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (!set || n < 1) return false;
-  set(n);
-  return true;
-}
-
-// ---------------------------------------------------------------------------------------------
-// A caching CPU allocator
 
 /// LibTorch's default CPU allocator is posix_memalign/free. glibc serves every block above its
 /// mmap threshold (at most 32 MiB) with a fresh mmap, unmaps it on free and trims the heap, so
@@ -247,53 +178,6 @@ inline CachingCpuAllocator& use_caching_cpu_allocator() {
   auto& a = CachingCpuAllocator::instance();
   c10::SetCPUAllocator(&a, /*priority=*/100);
   return a;
-}
-
-/// What blas_check() measured.
-struct BlasCheck {
-  double gflops = 0;     ///< best rate of an n x n by n x n float matmul through LibTorch
-  int64_t n = 256;
-  std::string library;   ///< blas_library()
-  int torch_threads = 0; ///< torch::get_num_threads() at the time
-  int blas_threads = -1; ///< perf::blas_threads() at the time
-  std::string warning;   ///< non-empty when gflops is below the threshold: print it
-  bool slow() const { return !warning.empty(); }
-};
-
-/// Times an n x n x n sgemm through torch::mm on the CPU (after a warm-up, the best of a few
-/// runs, about 0.1 s at most) and returns the rate, with a warning when it is below
-/// `min_gflops` (an optimised BLAS does 20-100+ GFLOP/s per core at n = 256; the reference
-/// BLAS about 1-3 GFLOP/s in all).
-inline BlasCheck blas_check(double min_gflops = 10.0, int64_t n = 256) {
-  BlasCheck r;
-  r.n = n;
-  r.library = blas_library();
-  r.torch_threads = torch::get_num_threads();
-  r.blas_threads = blas_threads();
-  torch::NoGradGuard no_grad;
-  auto gen = at::detail::createCPUGenerator(12345);
-  auto a = at::randn({n, n}, gen, torch::kFloat), b = at::randn({n, n}, gen, torch::kFloat);
-  auto c = torch::mm(a, b);  // warm-up: thread pools, page faults
-  using clock = std::chrono::steady_clock;
-  double best = 1e30, total = 0;
-  for (int rep = 0; rep < 50 && (rep < 3 || total < 0.1); ++rep) {
-    const auto t0 = clock::now();
-    torch::mm_out(c, a, b);
-    const double s = std::chrono::duration<double>(clock::now() - t0).count();
-    best = std::min(best, s);
-    total += s;
-  }
-  r.gflops = 2.0 * static_cast<double>(n) * n * n / best / 1e9;
-  if (r.gflops < min_gflops) {
-    std::ostringstream w;
-    w << "warning: LibTorch's CPU matmul ran at " << static_cast<int>(r.gflops * 10) / 10.0 << " GFLOP/s on a " << n
-      << "x" << n << " sgemm (below " << min_gflops << "). The BLAS in use is " << r.library
-      << ". If that is the reference BLAS, matmuls are about 40x slower than they should be: install an optimised "
-         "one (Debian: apt install libopenblas0-pthread, or select it with update-alternatives --config "
-         "libblas.so.3-x86_64-linux-gnu). A busy machine can also cause this.";
-    r.warning = w.str();
-  }
-  return r;
 }
 
 }  // namespace perf
