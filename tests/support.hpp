@@ -2,15 +2,21 @@
 // comparisons that report the largest difference (as llm.c's test_gpt2 does).
 #pragma once
 
+#include <unistd.h>
+
+#include <lora/error.hpp>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "catch.hpp"
 
@@ -79,5 +85,53 @@ inline bool allclose(const torch::Tensor& a, const torch::Tensor& b, double rtol
   std::cout << "  " << what << ": max |diff| = " << maxdiff << "\n";
   return x.numel() == 0 || ((x - y).abs() <= atol + rtol * y.abs()).all().item<bool>();
 }
+
+/// A fresh empty folder under the system's temporary folder, unique to this process.
+inline fs::path temp_dir(const std::string& tag) {
+  auto p = fs::temp_directory_path() / ("lora_test_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+inline nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_text(p)); }
+
+/// A nested JSON list of numbers (a fixture's reference values) as a tensor of `dtype`.
+inline torch::Tensor json_tensor(const nlohmann::json& j, torch::Dtype dtype = torch::kDouble) {
+  std::vector<int64_t> shape;
+  for (const auto* p = &j; p->is_array(); p = &(*p)[0]) {
+    shape.push_back(static_cast<int64_t>(p->size()));
+    if (p->empty()) break;
+  }
+  std::vector<double> flat;
+  const std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& x) {
+    if (x.is_array())
+      for (const auto& y : x) walk(y);
+    else
+      flat.push_back(x.get<double>());
+  };
+  walk(j);
+  return torch::tensor(flat, torch::kDouble).view(shape).to(dtype);
+}
+
+/// json_tensor, or an undefined tensor for JSON null.
+inline torch::Tensor optional_json_tensor(const nlohmann::json& j, torch::Dtype dtype = torch::kDouble) {
+  return j.is_null() ? torch::Tensor() : json_tensor(j, dtype);
+}
+
+/// The message of the `E` that `f` throws ("" if it throws nothing or something else).
+template <typename E = lora::Error, typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (...) {
+    return "";
+  }
+  return "";
+}
+
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 }  // namespace lora_test

@@ -89,10 +89,15 @@ inline bool merge_pays(int64_t N, int64_t in, int64_t out) { return N * (in + ou
 /// The forward of LoraLinearFunction, also used as is when no gradient is recorded. `xl` is
 /// the LoRA branch's input (x, or dropout(x)). With xl = x and enough rows, one product with
 /// the merged weight: y = x (W + s B A)^T + b; else y = x W^T + b (one addmm written straight
-/// into y), then y += s (xl A^T) B^T in place. Sets `h` = xl A^T (N, r) when `h_out` is given.
+/// into y), then y += s (xl A^T) B^T in place. Sets `ht` = (xl A^T)^T = A xl^T, (r, N), when
+/// `ht_out` is given.
+///
+/// The thin products are computed as (r, N) results (A x^T, not x A^T; B^T g^T, not g B):
+/// the same numbers, and OpenBLAS runs that orientation about twice as fast here (each reads
+/// a whole (N, in) or (N, out) activation to produce r rows; docs/performance.md).
 inline torch::Tensor lora_linear_forward(const torch::Tensor& x, const torch::Tensor& xl, const torch::Tensor& W,
                                          const torch::Tensor& b, const torch::Tensor& A, const torch::Tensor& B,
-                                         double scale, torch::Tensor* h_out = nullptr) {
+                                         double scale, torch::Tensor* ht_out = nullptr) {
   const auto in = W.size(1), out = W.size(0);
   auto sizes = x.sizes().vec();
   sizes.back() = out;
@@ -105,10 +110,10 @@ inline torch::Tensor lora_linear_forward(const torch::Tensor& x, const torch::Te
     torch::addmm_out(y2, b, x2, Wy.t());
   else
     torch::mm_out(y2, x2, Wy.t());
-  if (merged && !h_out) return y;
-  auto h = torch::mm(xl.is_same(x) ? x2 : xl.reshape({-1, in}), A.t());  // (N, r)
-  if (!merged) y2.addmm_(h, B.t(), /*beta=*/1, /*alpha=*/scale);
-  if (h_out) *h_out = h;
+  if (merged && !ht_out) return y;
+  auto ht = torch::mm(A, (xl.is_same(x) ? x2 : xl.reshape({-1, in})).t());  // (r, N)
+  if (!merged) y2.addmm_(ht.t(), B.t(), /*beta=*/1, /*alpha=*/scale);
+  if (ht_out) *ht_out = ht;
   return y;
 }
 
@@ -121,7 +126,7 @@ inline torch::Tensor lora_linear_forward(const torch::Tensor& x, const torch::Te
 /// forward and input gradient then use the merged weight W + s B A, rebuilt each time (2 out
 /// r in flops), so the LoRA term costs almost nothing on top of the base product. It saves
 /// for backward only what the gradients asked for need: x for dW (trainable base) or dA,
-/// h = xl A^T (N, r) for dB, so a frozen base keeps nothing alive for a weight gradient it
+/// h^T = A xl^T (r, N) for dB, so a frozen base keeps nothing alive for a weight gradient it
 /// never computes.
 struct LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> {
   /// `xd` and `b` are optional (undefined tensors cannot be inputs of a C++ custom function).
@@ -134,12 +139,12 @@ struct LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction>
     const bool keep_x = W.requires_grad() || (A.requires_grad() && !has_xd);
     const bool keep_xd = has_xd && A.requires_grad();
     const bool keep_h = B.requires_grad();
-    torch::Tensor h;
-    auto y = lora_linear_forward(x, has_xd ? xd : x, W, b, A, B, scale, keep_h ? &h : nullptr);
+    torch::Tensor ht;
+    auto y = lora_linear_forward(x, has_xd ? xd : x, W, b, A, B, scale, keep_h ? &ht : nullptr);
     std::vector<torch::Tensor> saved = {W, A, B};
     if (keep_x) saved.push_back(x);
     if (keep_xd) saved.push_back(xd);
-    if (keep_h) saved.push_back(h);
+    if (keep_h) saved.push_back(ht);
     ctx->save_for_backward(saved);
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["flags"] = static_cast<int64_t>(keep_x | keep_xd << 1 | keep_h << 2 | has_xd << 3 | has_b << 4);
@@ -158,7 +163,7 @@ struct LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction>
     size_t next = 3;
     const torch::Tensor x = keep_x ? saved[next++] : torch::Tensor();
     const torch::Tensor xd = keep_xd ? saved[next++] : torch::Tensor();
-    const torch::Tensor h = keep_h ? saved[next++] : torch::Tensor();
+    const torch::Tensor ht = keep_h ? saved[next++] : torch::Tensor();  // (r, N)
     const auto in = W.size(1), out = W.size(0);
     const auto g = grads[0].reshape({-1, out});  // (N, out)
     const bool merged = !has_xd && merge_pays(g.size(0), in, out);
@@ -168,22 +173,23 @@ struct LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction>
     auto needs = [&](bool present) { return present && ctx->needs_input_grad(edge++); };
     const bool need_x = needs(true), need_xd = needs(has_xd), need_W = needs(true), need_b = needs(has_b),
                need_A = needs(true), need_B = needs(true);
-    torch::Tensor dx, dxd, dW, db, dA, dB, gB;
-    if (need_A || need_xd || (need_x && !has_xd && !merged)) gB = torch::mm(g, B).mul_(s);  // s g B, (N, r)
+    torch::Tensor dx, dxd, dW, db, dA, dB, gBt;
+    if (need_A || need_xd || (need_x && !has_xd && !merged))
+      gBt = torch::mm(B.t(), g.t()).mul_(s);  // (s g B)^T, (r, N)
     if (need_x) {
       if (merged) {
         dx = torch::mm(g, torch::addmm(W, B, A, /*beta=*/1, /*alpha=*/s));  // g (W + s B A), (N, in)
       } else {
-        dx = torch::mm(g, W);               // (N, in)
-        if (!has_xd) dx.addmm_(gB, A);      // + s (g B) A, in place
+        dx = torch::mm(g, W);                  // (N, in)
+        if (!has_xd) dx.addmm_(gBt.t(), A);    // + s (g B) A, in place
       }
       dx = dx.view(x_sizes);
     }
-    if (need_xd) dxd = torch::mm(gB, A).view(x_sizes);
+    if (need_xd) dxd = torch::mm(gBt.t(), A).view(x_sizes);
     if (need_W) dW = torch::mm(g.t(), x.reshape({-1, in}));  // (out, in)
     if (need_b) db = g.sum(0);
-    if (need_A) dA = torch::mm(gB.t(), (has_xd ? xd : x).reshape({-1, in}));  // (r, in)
-    if (need_B) dB = torch::mm(g.t(), h).mul_(s);                              // (out, r)
+    if (need_A) dA = torch::mm(gBt, (has_xd ? xd : x).reshape({-1, in}));  // (r, in)
+    if (need_B) dB = torch::mm(ht, g).mul_(s).t().contiguous();            // (s h^T g)^T, (out, r)
     return {dx, dxd, dW, db, dA, dB, torch::Tensor()};
   }
 };

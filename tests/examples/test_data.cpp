@@ -20,17 +20,8 @@
 
 namespace {
 
-/// The message of the lora::Error that `f` throws ("" if it throws none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lora::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using lora_test::contains;
+using lora_test::error_of;
 
 /// One id per byte: a toy tokenizer.
 std::vector<std::int64_t> bytes_of(const std::string& s) {

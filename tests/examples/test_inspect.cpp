@@ -22,19 +22,6 @@ fs::path temp_file(const std::string& name, const std::string& content) {
   return p;
 }
 
-torch::Tensor nested(const json& j) {
-  std::vector<double> flat;
-  std::vector<int64_t> shape;
-  for (const json* p = &j; p->is_array(); p = &(*p)[0]) shape.push_back(static_cast<int64_t>(p->size()));
-  std::function<void(const json&)> walk = [&](const json& x) {
-    if (x.is_array())
-      for (const auto& y : x) walk(y);
-    else
-      flat.push_back(x.get<double>());
-  };
-  walk(j);
-  return torch::tensor(flat, torch::kDouble).reshape(shape);
-}
 }  // namespace
 
 TEST_CASE("lora_inspect forward reproduces the fixtures' outputs", "[inspect]") {
@@ -51,9 +38,9 @@ TEST_CASE("lora_inspect forward reproduces the fixtures' outputs", "[inspect]") 
       fs::remove(in);
       REQUIRE(r.status == 0);
       const auto out = json::parse(r.out);
-      CHECK(lora_test::allclose(nested(out["logits"]), nested(c["logits"]), 1e-4, 1e-4, "logits"));
+      CHECK(lora_test::allclose(lora_test::json_tensor(out["logits"]), lora_test::json_tensor(c["logits"]), 1e-4, 1e-4, "logits"));
       if (c.contains("last_hidden_state"))
-        CHECK(lora_test::allclose(nested(out["last_hidden_state"]), nested(c["last_hidden_state"]), 1e-4, 1e-4,
+        CHECK(lora_test::allclose(lora_test::json_tensor(out["last_hidden_state"]), lora_test::json_tensor(c["last_hidden_state"]), 1e-4, 1e-4,
                                   "last_hidden_state"));
       if (c.contains("loss") && !c["loss"].is_null())
         CHECK(out["loss"].get<double>() == Approx(c["loss"].get<double>()).epsilon(1e-4));

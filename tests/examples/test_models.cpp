@@ -20,31 +20,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-json read_json(const fs::path& p) { return json::parse(lora_test::read_text(p)); }
-
-void flatten(const json& j, std::vector<double>& out) {
-  if (j.is_array())
-    for (const auto& v : j) flatten(v, out);
-  else
-    out.push_back(j.get<double>());
-}
-
-/// A nested JSON list as a tensor of `dtype`.
-torch::Tensor to_tensor(const json& j, torch::Dtype dtype) {
-  std::vector<int64_t> shape;
-  for (const json* p = &j; p->is_array(); p = &(*p)[0]) {
-    shape.push_back(static_cast<int64_t>(p->size()));
-    if (p->empty()) break;
-  }
-  std::vector<double> flat;
-  flatten(j, flat);
-  return torch::tensor(flat, torch::kDouble).view(shape).to(dtype);
-}
-
-torch::Tensor optional_tensor(const json& j, torch::Dtype dtype) {
-  return j.is_null() ? torch::Tensor() : to_tensor(j, dtype);
-}
+using lora_test::contains;
+using lora_test::error_of;
+using lora_test::read_json;
+using lora_test::temp_dir;
+using lora_test::json_tensor;
+using lora_test::optional_json_tensor;
 
 std::vector<std::string> sorted(std::vector<std::string> v) {
   std::sort(v.begin(), v.end());
@@ -52,30 +33,10 @@ std::vector<std::string> sorted(std::vector<std::string> v) {
 }
 std::vector<std::string> strings(const json& j) { return sorted(j.get<std::vector<std::string>>()); }
 
-/// A fresh empty folder under the temporary directory.
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("lora_test_models_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
 void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
-
-/// The message of the `E` that `f` throws, or "" if it throws nothing.
-template <typename E = lora::Error, typename F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "";
-}
 
 const double kPi = std::acos(-1.0);
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 struct Tolerance {
   double rtol, atol;
@@ -101,14 +62,14 @@ void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
   torch::NoGradGuard no_grad;
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
-    const auto out = run(to_tensor(c["input_ids"], torch::kLong), optional_tensor(c["attention_mask"], torch::kLong));
-    CHECK(lora_test::allclose(out.last_hidden_state, to_tensor(c["last_hidden_state"], torch::kFloat), tol.rtol,
+    const auto out = run(json_tensor(c["input_ids"], torch::kLong), optional_json_tensor(c["attention_mask"], torch::kLong));
+    CHECK(lora_test::allclose(out.last_hidden_state, json_tensor(c["last_hidden_state"], torch::kFloat), tol.rtol,
                               tol.atol, name + " last_hidden_state"));
     if (check_logits && c.contains("logits"))
       CHECK(
-          lora_test::allclose(out.logits, to_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
+          lora_test::allclose(out.logits, json_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
     if (check_logits && c.contains("mlm_logits"))
-      CHECK(lora_test::allclose(out.logits, to_tensor(c["mlm_logits"], torch::kFloat), tol.rtol, tol.atol,
+      CHECK(lora_test::allclose(out.logits, json_tensor(c["mlm_logits"], torch::kFloat), tol.rtol, tol.atol,
                                 name + " mlm_logits"));
   }
 }
@@ -133,10 +94,10 @@ void check_gpt2_fixture(const std::string& fixture) {
   torch::NoGradGuard no_grad;
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
-    const auto ids = to_tensor(c["input_ids"], torch::kLong);
-    const auto labels = to_tensor(c["labels"], torch::kLong);
-    const auto logits = m.model(ids, optional_tensor(c["attention_mask"], torch::kLong));
-    CHECK(lora_test::allclose(logits, to_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
+    const auto ids = json_tensor(c["input_ids"], torch::kLong);
+    const auto labels = json_tensor(c["labels"], torch::kLong);
+    const auto logits = m.model(ids, optional_json_tensor(c["attention_mask"], torch::kLong));
+    CHECK(lora_test::allclose(logits, json_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
 
     const double loss = models::causal_lm_loss(logits, labels).item<double>();
     CHECK(scalar_close(loss, c["loss"], tol, name + " loss"));
@@ -375,14 +336,14 @@ TEST_CASE("bert_tiniest, a BERT checkpoint, is refused by the DistilBERT loader"
   const lora::safetensors::File file((dir / "model.safetensors").string());
   CHECK(file.tensors().size() == 26);
 
-  const auto by_config = error_message<models::HubConfigError>([&] { models::load_distilbert(dir.string(), 2, 0); });
+  const auto by_config = error_of<models::HubConfigError>([&] { models::load_distilbert(dir.string(), 2, 0); });
   INFO(by_config);
   CHECK(contains(by_config, "\"bert\""));
   CHECK(contains(by_config, "DistilBERT"));
   CHECK(contains(by_config, (dir / "config.json").string()));
 
   models::DistilBertForSequenceClassification model(tiny_distilbert());
-  const auto by_keys = error_message<lora::FileError>(
+  const auto by_keys = error_of<lora::FileError>(
       [&] { models::load_weights(*model, file, models::distilbert_layout(tiny_distilbert(), 0)); });
   INFO(by_keys);
   CHECK(contains(by_keys, "does not hold a DistilBERT model"));
@@ -393,7 +354,7 @@ TEST_CASE("A shape mismatch names the key and both shapes", "[models][checkpoint
   SECTION("a head of another size") {
     const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
     LORA_REQUIRE_PATH(dir);
-    const auto msg = error_message<lora::ShapeError>([&] { models::load_distilbert(dir.string(), 3, 0); });
+    const auto msg = error_of<lora::ShapeError>([&] { models::load_distilbert(dir.string(), 3, 0); });
     INFO(msg);
     CHECK(contains(msg, "'classifier.bias'"));
     CHECK(contains(msg, "[4]"));
@@ -405,7 +366,7 @@ TEST_CASE("A shape mismatch names the key and both shapes", "[models][checkpoint
     tensors.insert("transformer.h.0.mlp.c_fc.weight", torch::zeros({8, 16}));
     lora::safetensors::save((dir / "model.safetensors").string(), tensors);
     models::GPT2LMHeadModel model(tiny_gpt2());
-    const auto msg = error_message<lora::ShapeError>([&] {
+    const auto msg = error_of<lora::ShapeError>([&] {
       models::load_weights(*model, lora::safetensors::File((dir / "model.safetensors").string()),
                            models::gpt2_layout());
     });
@@ -476,7 +437,7 @@ TEST_CASE("F16 and BF16 checkpoints load into a float32 model", "[models][checkp
 
 TEST_CASE("A checkpoint folder without its files is refused, naming each one", "[models][checkpoint]") {
   const auto dir = temp_dir("empty");
-  const auto msg = error_message<lora::FileError>([&] { models::load_gpt2(dir.string()); });
+  const auto msg = error_of<lora::FileError>([&] { models::load_gpt2(dir.string()); });
   INFO(msg);
   CHECK(contains(msg, (dir / "config.json").string()));
   CHECK(contains(msg, (dir / "model.safetensors").string()));
@@ -520,7 +481,7 @@ TEST_CASE("config.json: HF defaults for absent fields, clear errors for bad ones
   }
   SECTION("a field of the wrong type") {
     write_text(path, R"({"model_type": "distilbert", "dim": "big"})");
-    const auto msg = error_message<models::HubConfigError>([&] { models::read_distilbert_config(path); });
+    const auto msg = error_of<models::HubConfigError>([&] { models::read_distilbert_config(path); });
     INFO(msg);
     CHECK(contains(msg, path));
     CHECK(contains(msg, "\"dim\""));
@@ -529,7 +490,7 @@ TEST_CASE("config.json: HF defaults for absent fields, clear errors for bad ones
   }
   SECTION("an unsupported activation") {
     write_text(path, R"({"model_type": "gpt2", "activation_function": "swish"})");
-    const auto msg = error_message<models::HubConfigError>([&] { models::read_gpt2_config(path); });
+    const auto msg = error_of<models::HubConfigError>([&] { models::read_gpt2_config(path); });
     INFO(msg);
     CHECK(contains(msg, "\"swish\""));
     CHECK(contains(msg, "gelu_new"));
@@ -537,7 +498,7 @@ TEST_CASE("config.json: HF defaults for absent fields, clear errors for bad ones
   SECTION("another architecture parses but is refused") {
     write_text(path, R"({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})");
     const auto c = models::read_distilbert_config(path);
-    const auto msg = error_message<models::HubConfigError>([&] { models::require_distilbert(c); });
+    const auto msg = error_of<models::HubConfigError>([&] { models::require_distilbert(c); });
     INFO(msg);
     CHECK(contains(msg, "GPT2LMHeadModel"));
   }

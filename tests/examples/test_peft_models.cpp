@@ -19,35 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-json read_json(const fs::path& p) { return json::parse(lora_test::read_text(p)); }
-
-void flatten(const json& j, std::vector<double>& out) {
-  if (j.is_array())
-    for (const auto& v : j) flatten(v, out);
-  else
-    out.push_back(j.get<double>());
-}
-torch::Tensor to_tensor(const json& j, torch::Dtype dtype) {
-  std::vector<int64_t> shape;
-  for (const json* p = &j; p->is_array(); p = &(*p)[0]) {
-    shape.push_back(static_cast<int64_t>(p->size()));
-    if (p->empty()) break;
-  }
-  std::vector<double> flat;
-  flatten(j, flat);
-  return torch::tensor(flat, torch::kDouble).view(shape).to(dtype);
-}
-torch::Tensor optional_tensor(const json& j, torch::Dtype dtype) {
-  return j.is_null() ? torch::Tensor() : to_tensor(j, dtype);
-}
-
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("lora_test_peft_models_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using lora_test::read_json;
+using lora_test::temp_dir;
+using lora_test::json_tensor;
+using lora_test::optional_json_tensor;
 
 /// Random B (and DoRA magnitudes, and kept parameters), so the adapter matters.
 void randomize(const lora::Adapters& a, uint64_t seed) {
@@ -63,7 +38,7 @@ std::vector<std::pair<torch::Tensor, torch::Tensor>> inputs(const fs::path& dir)
   std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
   const auto expected = read_json(dir / "expected.json");
   for (const auto& c : expected["cases"])
-    out.emplace_back(to_tensor(c["input_ids"], torch::kLong), optional_tensor(c["attention_mask"], torch::kLong));
+    out.emplace_back(json_tensor(c["input_ids"], torch::kLong), optional_json_tensor(c["attention_mask"], torch::kLong));
   return out;
 }
 
@@ -92,15 +67,15 @@ TEST_CASE("the PEFT fixture: a GPT-2 adapter saved by PEFT reproduces PEFT's log
   torch::NoGradGuard no_grad;
   for (const auto& c : expected["cases"]) {
     const std::string name = c["name"];
-    const auto logits = m.model(to_tensor(c["input_ids"], torch::kLong), optional_tensor(c["attention_mask"], torch::kLong));
-    CHECK(lora_test::allclose(logits, to_tensor(c["logits"], torch::kFloat), rtol, atol, "fixture " + name + " logits"));
-    const double loss = models::causal_lm_loss(logits, to_tensor(c["labels"], torch::kLong)).item<double>();
+    const auto logits = m.model(json_tensor(c["input_ids"], torch::kLong), optional_json_tensor(c["attention_mask"], torch::kLong));
+    CHECK(lora_test::allclose(logits, json_tensor(c["logits"], torch::kFloat), rtol, atol, "fixture " + name + " logits"));
+    const double loss = models::causal_lm_loss(logits, json_tensor(c["labels"], torch::kLong)).item<double>();
     CHECK(loss == Approx(c["loss"].get<double>()).epsilon(1e-4));
   }
   // Merged, the model computes the same.
   a.merge();
   const auto& c0 = expected["cases"][0];
-  CHECK(lora_test::allclose(m.model(to_tensor(c0["input_ids"], torch::kLong)), to_tensor(c0["logits"], torch::kFloat),
+  CHECK(lora_test::allclose(m.model(json_tensor(c0["input_ids"], torch::kLong)), json_tensor(c0["logits"], torch::kFloat),
                             rtol, atol, "fixture merged"));
 }
 
@@ -284,7 +259,7 @@ TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][
     REQUIRE(run.status == 0);
     const auto j = json::parse(run.out);
     CHECK(j["adapter"]["layers"] == 2);
-    CHECK(lora_test::allclose(to_tensor(j["logits"], torch::kDouble), to_tensor(c["logits"], torch::kDouble), rtol, atol,
+    CHECK(lora_test::allclose(json_tensor(j["logits"], torch::kDouble), json_tensor(c["logits"], torch::kDouble), rtol, atol,
                               "lora_inspect --adapter logits"));
     CHECK(j["loss"].get<double>() == Approx(c["loss"].get<double>()).epsilon(1e-4));
   }

@@ -20,28 +20,12 @@
 
 namespace {
 
+using lora_test::contains;
+using lora_test::error_of;
+using lora_test::temp_dir;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-/// The message of the lora::Error that `f` throws ("" if it throws none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lora::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-/// A fresh empty folder under the system's temporary folder.
-fs::path temp_dir(const std::string& name) {
-  const auto p = fs::temp_directory_path() / ("lora_sweep_test_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
 
 /// Removes a test folder, unless LORA_SWEEP_KEEP is set (to look at the outputs).
 void cleanup(const fs::path& dir) {

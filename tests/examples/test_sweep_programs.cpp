@@ -91,7 +91,7 @@ TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]"
   fs::remove_all(out);
 }
 
-TEST_CASE("agnews_sweep: killed mid-sweep, then resumed; shards + merge equal one run", "[programs][sweep]") {
+TEST_CASE("agnews_sweep: killed mid-sweep, then resumed, and shards + merge equal one run", "[programs][sweep]") {
   LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
   LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
   const auto one = fresh_dir("one"), killed = fresh_dir("killed"), sharded = fresh_dir("sharded");

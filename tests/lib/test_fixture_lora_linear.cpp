@@ -8,27 +8,6 @@
 
 #include "support.hpp"
 
-namespace {
-torch::Tensor from_json(const nlohmann::json& j) {
-  // Nested lists of numbers -> a float64 tensor of the same shape.
-  std::vector<int64_t> shape;
-  const nlohmann::json* p = &j;
-  while (p->is_array()) {
-    shape.push_back(static_cast<int64_t>(p->size()));
-    p = &(*p)[0];
-  }
-  std::vector<double> flat;
-  std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& x) {
-    if (x.is_array())
-      for (const auto& y : x) walk(y);
-    else
-      flat.push_back(x.get<double>());
-  };
-  walk(j);
-  return torch::tensor(flat, torch::kDouble).reshape(shape);
-}
-}  // namespace
-
 TEST_CASE("lora_linear_tiny: every reference case matches", "[fixture][linear]") {
   const auto dir = lora_test::fixture("lora_linear_tiny");
   LORA_REQUIRE_PATH(dir / "expected.json");
@@ -75,15 +54,15 @@ TEST_CASE("lora_linear_tiny: every reference case matches", "[fixture][linear]")
       layer->eval();
       y = layer(x);
     }
-    CHECK(lora_test::allclose(y, from_json(c["output"]), rtol, atol, name + " output"));
+    CHECK(lora_test::allclose(y, lora_test::json_tensor(c["output"]), rtol, atol, name + " output"));
 
     auto delta = a.delta_weight();
     if (fan_in_fan_out) delta = delta.t();  // the reference reports it in the layer's own layout
-    CHECK(lora_test::allclose(delta, from_json(c["delta_weight"]), rtol, atol, name + " delta_weight"));
+    CHECK(lora_test::allclose(delta, lora_test::json_tensor(c["delta_weight"]), rtol, atol, name + " delta_weight"));
     layer->merge();
     auto merged = fan_in_fan_out ? layer->weight.t() : layer->weight;
-    CHECK(lora_test::allclose(merged, from_json(c["merged_weight"]), rtol, atol, name + " merged_weight"));
+    CHECK(lora_test::allclose(merged, lora_test::json_tensor(c["merged_weight"]), rtol, atol, name + " merged_weight"));
     if (!t.contains("dropout_mask"))  // merged output equals the adapter's output
-      CHECK(lora_test::allclose(layer(x), from_json(c["output"]), rtol, atol, name + " merged output"));
+      CHECK(lora_test::allclose(layer(x), lora_test::json_tensor(c["output"]), rtol, atol, name + " merged output"));
   }
 }

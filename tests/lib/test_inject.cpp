@@ -406,7 +406,7 @@ TEST_CASE("keep_trainable leaves a module trainable and hands it to the optimize
   }
 }
 
-TEST_CASE("errors: bad targets name the closest layers; bad ranks and alphas", "[inject][errors]") {
+TEST_CASE("errors: bad targets name the closest layers, bad ranks and alphas are refused", "[inject][errors]") {
   FastNet net;
   auto cfg = config();
   SECTION("a misspelt target") {

@@ -118,7 +118,7 @@ TEST_CASE("merge and unmerge", "[linear][merge]") {
   REQUIRE(lora_test::allclose(l(x), unmerged, 1e-5, 1e-6, "unmerged output"));
 }
 
-TEST_CASE("disable gives exactly the base output; enable restores the adapter", "[linear]") {
+TEST_CASE("disable gives exactly the base output, enable restores the adapter", "[linear]") {
   torch::manual_seed(7);
   lora::Linear l(8, 8);
   auto x = torch::randn({3, 8});

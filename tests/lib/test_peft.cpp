@@ -13,6 +13,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using lora_test::contains;
+using lora_test::error_of;
+using lora_test::read_json;
+using lora_test::temp_dir;
 
 /// Two blocks of q_lin / k_lin / v_lin, a LayerNorm and a head, named like a transformer.
 class NetImpl : public torch::nn::Module {
@@ -76,14 +80,6 @@ void randomize(const lora::Adapters& a, uint64_t seed = 5) {
   for (const auto& kv : a.kept_parameters()) kv.second.add_(0.1 * torch::randn_like(kv.second));
 }
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("lora_test_peft_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
-json read_json(const fs::path& p) { return json::parse(lora_test::read_text(p)); }
 void write_json(const fs::path& p, const json& j) { std::ofstream(p, std::ios::binary) << j.dump(2); }
 
 /// Every parameter of the model by name, cloned.
@@ -118,19 +114,6 @@ Saved saved_adapter(const std::string& tag, lora::Config cfg = config(), lora::p
   return s;
 }
 
-/// The message of the `E` that `f` throws ("" if it throws nothing or something else).
-template <typename E, typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (...) {
-    return "";
-  }
-  return "";
-}
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 
@@ -237,7 +220,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     // Loading needs the same mapping.
     Net fresh = copy_of(s.net);
     fresh->eval();
-    CHECK(has(error_of<lora::TargetError>([&] { lora::peft::load(*fresh, s.dir.string()); }), "'model.head'"));
+    CHECK(contains(error_of<lora::TargetError>([&] { lora::peft::load(*fresh, s.dir.string()); }), "'model.head'"));
     lora::peft::LoadOptions lo;
     lo.mapping = opts.mapping;
     lora::peft::load(*fresh, s.dir.string(), lo);
@@ -367,63 +350,63 @@ TEST_CASE("peft: broken or mismatched adapter folders give their error and leave
 
   SECTION("no folder, no weights file") {
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, (bad / "nope").string()); });
-    CHECK(has(msg, "adapter_model.safetensors"));
+    CHECK(contains(msg, "adapter_model.safetensors"));
     fs::remove(bad / "adapter_model.safetensors");
     std::ofstream(bad / "adapter_model.bin") << "pickle";
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "safe_serialization"));
+    CHECK(contains(msg, "safe_serialization"));
   }
   SECTION("a truncated safetensors file") {
     const auto bytes = lora_test::read_text(s.dir / "adapter_model.safetensors");
     std::ofstream(bad / "adapter_model.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() - 10);
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "adapter_model.safetensors"));
+    CHECK(contains(msg, "adapter_model.safetensors"));
   }
   SECTION("adapter_config.json: invalid JSON, missing, or a bad field") {
     std::ofstream(bad / "adapter_config.json") << "{\"r\": 4,";
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "not valid JSON"));
+    CHECK(contains(msg, "not valid JSON"));
     fs::remove(bad / "adapter_config.json");
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "adapter_config.json"));
+    CHECK(contains(msg, "adapter_config.json"));
     edit_config([](json& c) { c["r"] = "four"; });
     msg = error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "\"r\""));
+    CHECK(contains(msg, "\"r\""));
   }
   SECTION("unsupported options") {
     edit_config([](json& c) { c["peft_type"] = "PREFIX_TUNING"; });
     msg = error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "PREFIX_TUNING"));
+    CHECK(contains(msg, "PREFIX_TUNING"));
     edit_config([](json& c) { c["bias"] = "all"; });
     msg = error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "bias"));
+    CHECK(contains(msg, "bias"));
     edit_config([](json& c) { c["layers_to_transform"] = {0}; });
-    CHECK(has(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "layers_to_transform"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "layers_to_transform"));
     edit_config([](json& c) { c["init_lora_weights"] = "loftq"; });
-    CHECK(has(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "loftq"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "loftq"));
   }
   SECTION("an unknown module") {
     edit_tensors([&](auto& t) { rename(t, A0, "base_model.model.layer.7.q_lin.lora_A.weight"); });
     msg = error_of<lora::TargetError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "layer.7.q_lin"));
-    CHECK(has(msg, "layer.0.q_lin"));  // among the closest
+    CHECK(contains(msg, "layer.7.q_lin"));
+    CHECK(contains(msg, "layer.0.q_lin"));  // among the closest
   }
   SECTION("a wrong shape, a rank that disagrees with the config, a wrong dtype") {
     edit_tensors([&](auto& t) { t[A0] = torch::zeros({4, 15}); });
     msg = error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "layer.0.q_lin"));
-    CHECK(has(msg, "[4, 15]"));
+    CHECK(contains(msg, "layer.0.q_lin"));
+    CHECK(contains(msg, "[4, 15]"));
     reset();
     edit_config([](json& c) { c["r"] = 8; });
     msg = error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); });
-    CHECK(has(msg, "rank 4"));
+    CHECK(contains(msg, "rank 4"));
     reset();
     edit_tensors([&](auto& t) { t[A0] = torch::zeros({4, 16}, torch::kLong); });
-    CHECK(has(error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); }), "I64"));
+    CHECK(contains(error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); }), "I64"));
   }
   SECTION("keys PEFT does not write, a missing lora_B, a missing magnitude") {
     edit_tensors([&](auto& t) { rename(t, A0, "layer.0.q_lin.lora_A.weight"); });
-    CHECK(has(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "base_model.model."));
+    CHECK(contains(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "base_model.model."));
     edit_tensors([&](auto& t) { rename(t, A0, "base_model.model.layer.0.q_lin.lora_A.default.weight"); });
     CHECK_FALSE(error_of<lora::Error>([&] { lora::peft::load(*model, bad.string()); }).empty());
     edit_tensors([&](auto& t) {
@@ -432,31 +415,31 @@ TEST_CASE("peft: broken or mismatched adapter folders give their error and leave
         if (item.key() != "base_model.model.layer.0.q_lin.lora_B.weight") out.insert(item.key(), item.value());
       t = out;
     });
-    CHECK(has(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "no lora_B"));
+    CHECK(contains(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "no lora_B"));
     reset();
     edit_config([](json& c) { c["use_dora"] = true; });
-    CHECK(has(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "lora_magnitude_vector"));
+    CHECK(contains(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "lora_magnitude_vector"));
   }
   SECTION("target_modules and the tensors disagree") {
     edit_config([](json& c) { c["target_modules"].push_back("k_lin"); });
-    CHECK(has(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "k_lin"));
+    CHECK(contains(error_of<lora::FileError>([&] { lora::peft::load(*model, bad.string()); }), "k_lin"));
     edit_config([](json& c) { c["target_modules"] = json::array({"q_lin", "head"}); });
-    CHECK(has(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "v_lin"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "v_lin"));
     edit_config([](json& c) { c["target_modules"].push_back("norm"); });
-    CHECK(has(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "not a Linear"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "not a Linear"));
   }
   SECTION("a modules_to_save tensor of the wrong shape, or one the model lacks") {
     edit_tensors([&](auto& t) { t["base_model.model.norm.weight"] = torch::ones({15}); });
-    CHECK(has(error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); }), "norm.weight"));
+    CHECK(contains(error_of<lora::ShapeError>([&] { lora::peft::load(*model, bad.string()); }), "norm.weight"));
     edit_tensors([&](auto& t) { t.insert("base_model.model.other.weight", torch::ones({3})); });
-    CHECK(has(error_of<lora::TargetError>([&] { lora::peft::load(*model, bad.string()); }), "other.weight"));
+    CHECK(contains(error_of<lora::TargetError>([&] { lora::peft::load(*model, bad.string()); }), "other.weight"));
   }
   SECTION("the adapter name is taken") {
     lora::peft::LoadOptions o;
     o.adapter_name = "first";
     lora::peft::load(*model, s.dir.string(), o);
     const auto loaded = snapshot(*model);
-    CHECK(has(error_of<lora::ConfigError>([&] { lora::peft::load(*model, s.dir.string(), o); }), "first"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, s.dir.string(), o); }), "first"));
     CHECK(same(loaded, snapshot(*model)));
     loaded_once = true;
   }
@@ -545,7 +528,7 @@ TEST_CASE("DoRA: m starts at the row norms, so the output is unchanged at step 0
   CHECK(lora_test::allclose(g(x), lora_out, 1e-5, 1e-5, "DoRA at init (B != 0) = LoRA"));
 }
 
-TEST_CASE("DoRA: forward equals the unfused formula; gradients reach m, A and B, not the norm", "[dora]") {
+TEST_CASE("DoRA: forward equals the unfused formula, gradients reach m, A and B but not the norm", "[dora]") {
   auto l = dora_layer();
   const auto& a = l->adapters.get("default");
   auto x = torch::randn({4, 3, 12});
@@ -680,7 +663,7 @@ TEST_CASE("DoRA through inject(), PEFT files, and its errors", "[dora][peft]") {
   lora::Config dc;
   dc.use_dora = true;
   dc.rank = 2;
-  CHECK(has(error_of<lora::ConfigError>([&] { lora::inject(*seq, dc); }), "lora::Linear"));
+  CHECK(contains(error_of<lora::ConfigError>([&] { lora::inject(*seq, dc); }), "lora::Linear"));
   fs::remove_all(s.dir);
 }
 
@@ -719,7 +702,7 @@ TEST_CASE("several PEFT adapters on one model: choose the active ones", "[peft][
   CHECK(lora_test::allclose(m->forward(s1.x), base, 0, 0, "none"));
   lora::set_active_adapters(*m, {"one", "two"});
   CHECK(lora_test::allclose(m->forward(s1.x), both, 0, 0, "both again"));
-  CHECK(has(error_of<lora::ConfigError>([&] { lora::set_active_adapters(*m, {"three"}); }), "'one'"));
+  CHECK(contains(error_of<lora::ConfigError>([&] { lora::set_active_adapters(*m, {"three"}); }), "'one'"));
   h2.remove();
   h1.remove();
   CHECK(m->named_parameters().size() == copy_of(s1.net)->named_parameters().size());

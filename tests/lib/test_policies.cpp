@@ -60,7 +60,7 @@ TEST_CASE("gaussian-gaussian: A, B ~ N(0, sigma^2)", "[policy][init]") {
   REQUIRE_THROWS_AS(lora::init::gaussian_gaussian(-1), lora::ConfigError);
 }
 
-TEST_CASE("the same seed gives the same adapter; another seed another", "[policy][init]") {
+TEST_CASE("the same seed gives the same adapter, another seed another", "[policy][init]") {
   for (const auto& init : {lora::init::uniform_zero(), lora::init::gaussian_zero(), lora::init::gaussian_gaussian()}) {
     INFO(init.name);
     lora::Linear l1(20, 10), l2(20, 10), l3(20, 10);
@@ -90,7 +90,7 @@ TEST_CASE("PiSSA and OLoRA keep the effective weight at step 0", "[policy][init]
   }
 }
 
-TEST_CASE("PiSSA holds the principal directions; OLoRA's B is orthonormal", "[policy][init]") {
+TEST_CASE("PiSSA holds the principal directions, OLoRA's B is orthonormal", "[policy][init]") {
   torch::manual_seed(13);
   lora::Linear l(40, 30);
   auto W = l->weight.detach().clone().to(torch::kDouble);

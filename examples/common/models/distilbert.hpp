@@ -61,7 +61,8 @@ inline void dropout_kernel(const float* __restrict x, float* __restrict y, uint8
 /// every element of the mask from mt19937, serially, and keeps a float mask for backward;
 /// here one 64-bit draw from LibTorch's default CPU generator per call seeds a counter-based
 /// hash (so torch::manual_seed still makes runs reproducible), the loop vectorises, and the
-/// mask kept for backward is one byte per value. About 5x faster on the attention weights
+/// mask kept for backward is one byte per value. On DistilBERT's attention weights (384, 128,
+/// 128), one thread: forward 14 ms instead of 39 ms, forward + backward 25 ms instead of 44 ms
 /// (docs/performance.md). The masks differ from torch::dropout's (another random stream).
 struct FastDropout : public torch::autograd::Function<FastDropout> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, double p) {
@@ -277,8 +278,13 @@ class DistilBertModelImpl : public torch::nn::Module {
   /// (attend everywhere) -> last_hidden_state (B, T, C)
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}) {
     detail::check_inputs(input_ids, attention_mask, config.max_position_embeddings, "DistilBERT");
-    torch::Tensor masked;  // (B, 1, 1, T), true at keys to ignore
-    if (attention_mask.defined()) masked = (attention_mask == 0).view({input_ids.size(0), 1, 1, input_ids.size(1)});
+    torch::Tensor masked;  // (B, 1, 1, T), true at keys to ignore; undefined when none is
+    if (attention_mask.defined()) {
+      masked = (attention_mask == 0).view({input_ids.size(0), 1, 1, input_ids.size(1)});
+      // A batch without padding needs no masking pass over the scores (nor its backward). On
+      // the CPU asking costs nothing; on a GPU it would wait for the device, so mask anyway.
+      if (masked.device().is_cpu() && !masked.any().item<bool>()) masked = torch::Tensor();
+    }
     return transformer(embeddings(input_ids), masked);
   }
 
