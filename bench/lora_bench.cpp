@@ -10,6 +10,10 @@
 //   peak_rss_ratio             peak resident memory of the LoRA side / the FullFT side
 //   compat_path_step_ratio     the same LoRA step on a plain torch::nn::Linear model adapted
 //                              through the compatibility path / on lora::Linear (fast path)
+//   bitfit_step_ratio          a reference floor: training only the biases of the same Linear
+//                              layers (BitFit) / FullFT. The gradient flows through the same
+//                              layers as for LoRA, with no adapter products at all, so no
+//                              adapter on every Linear can step much below this on the machine
 //   fullft_sgemm_fraction      achieved FLOP/s of the FullFT step / sgemm FLOP/s of the step's
 //                              largest product shape, measured in the same process
 //   unmerged_forward_overhead  inference forward with an unmerged r=16 adapter / base model
@@ -374,8 +378,7 @@ class ModelImpl : public torch::nn::Module {
     dropout = register_module("dropout", torch::nn::Dropout(c.seq_classif_dropout));
   }
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
-    torch::Tensor masked;
-    if (attention_mask.defined()) masked = (attention_mask == 0).view({input_ids.size(0), 1, 1, input_ids.size(1)});
+    const auto masked = models::detail::padding_keys(attention_mask);
     auto x = embeddings(input_ids);
     for (const auto& block : *layer) x = block->as<BlockImpl>()->forward(x, masked);
     auto pooled = dropout(torch::relu(pre_classifier(x.select(1, 0))));
@@ -425,9 +428,28 @@ double train_step_flops(const models::DistilBertConfig& c, int64_t B, int64_t T)
   return 3 * (static_cast<double>(c.n_layers) * layer + head);
 }
 
-enum class Side { fullft, lora, compat };
+enum class Side { fullft, lora, compat, bitfit };
 
-const char* side_name(Side s) { return s == Side::fullft ? "FullFT" : s == Side::lora ? "LoRA" : "LoRA compat"; }
+const char* side_name(Side s) {
+  switch (s) {
+    case Side::fullft: return "FullFT";
+    case Side::lora: return "LoRA";
+    case Side::compat: return "LoRA compat";
+    case Side::bitfit: return "BitFit";
+  }
+  return "?";
+}
+
+/// BitFit: every parameter frozen except the bias of each lora::Linear layer (the layers LoRA
+/// adapts), so the backward pass reaches the same layers as LoRA's, without adapter products.
+std::vector<torch::Tensor> bitfit_parameters(torch::nn::Module& m) {
+  for (auto& p : m.parameters()) p.set_requires_grad(false);
+  std::vector<torch::Tensor> biases;
+  for (const auto& sub : m.modules())
+    if (auto* lin = dynamic_cast<lora::LinearImpl*>(sub.get()); lin && lin->bias.defined())
+      biases.push_back(lin->bias.set_requires_grad(true));
+  return biases;
+}
 
 /// One training setup in one process: a model, its optimizer, and fixed batches.
 struct Trainer {
@@ -475,6 +497,8 @@ std::shared_ptr<Trainer> make_trainer(Side side, const Options& o, const models:
   t->module->train();
   if (side == Side::fullft) {
     t->params = lora::unique_parameters(*t->module);
+  } else if (side == Side::bitfit) {
+    t->params = bitfit_parameters(*t->module);
   } else {
     t->adapters = lora::inject(*t->module, lora_config(o));
     t->adapted = true;
@@ -835,6 +859,7 @@ int main(int argc, char** argv) try {
       {"step_time_ratio", "LoRA step / FullFT step (median)", NAN, "<= 0.70"},
       {"peak_rss_ratio", "peak RSS, LoRA process / FullFT process", NAN, ""},
       {"compat_path_step_ratio", "LoRA step, plain torch::nn::Linear (compat) / lora::Linear", NAN, ""},
+      {"bitfit_step_ratio", "reference floor: BitFit (biases only) step / FullFT step", NAN, ""},
       {"fullft_sgemm_fraction", "FullFT step FLOP/s / sgemm FLOP/s (same process)", NAN, ">= 0.80"},
       {"unmerged_forward_overhead", "eval forward, unmerged r=16 / base", NAN, "<= 1.06"},
       {"merged_forward_overhead", "eval forward, merged / base", NAN, "<= 1.02"},
@@ -850,18 +875,20 @@ int main(int argc, char** argv) try {
   json details;
 
   if (o.want("train")) {
-    fmt::print("\n[train] FullFT, LoRA (lora::Linear) and LoRA (plain torch::nn::Linear, compat) in turns\n");
+    fmt::print("\n[train] FullFT, LoRA (lora::Linear), LoRA (plain torch::nn::Linear, compat) and BitFit in turns\n");
     std::fflush(stdout);
-    std::vector<Side> sides = {Side::fullft, Side::lora, Side::compat};
+    std::vector<Side> sides = {Side::fullft, Side::lora, Side::compat, Side::bitfit};
     std::vector<std::unique_ptr<Worker>> workers;
     for (auto s : sides)
       workers.push_back(std::make_unique<Worker>(side_name(s), [s, o] { return train_handler(s, o); }, o));
     const auto full_info = workers[0]->call({{"op", "info"}});
     const auto lora_info = workers[1]->call({{"op", "info"}});
     const auto compat_info = workers[2]->call({{"op", "info"}});
-    fmt::print("  trainable parameters: FullFT {}, LoRA {}; plain-Linear copy vs models::DistilBert max |diff| {:.2e}\n",
+    const auto bitfit_info = workers[3]->call({{"op", "info"}});
+    fmt::print("  trainable parameters: FullFT {}, LoRA {}, BitFit {}; plain-Linear copy vs models::DistilBert max |diff| "
+               "{:.2e}\n",
                full_info["trainable"].get<int64_t>(), lora_info["trainable"].get<int64_t>(),
-               compat_info["plain_model_max_diff"].get<double>());
+               bitfit_info["trainable"].get<int64_t>(), compat_info["plain_model_max_diff"].get<double>());
     std::vector<double> gemm_ffn, gemm_proj;
     auto sgemm = [&] {
       settle();
@@ -884,27 +911,31 @@ int main(int argc, char** argv) try {
     sgemm();
     std::vector<json> ends;
     for (auto& w : workers) ends.push_back(w->finish());
-    const double full = median(times[0]), lo = median(times[1]), compat = median(times[2]);
+    const double full = median(times[0]), lo = median(times[1]), compat = median(times[2]), bitfit = median(times[3]);
     const double flops = train_step_flops(cfg, o.batch, o.tokens);
     const double achieved = flops / full / 1e9, peak = median(gemm_ffn);
     // Ratios: the median over rounds of the ratio within a round (its steps ran back to back),
     // which a passing disturbance of the machine moves far less than a ratio of medians.
     fig("step_time_ratio").value = median_ratio(times[1], times[0]);
     fig("compat_path_step_ratio").value = median_ratio(times[2], times[1]);
+    fig("bitfit_step_ratio").value = median_ratio(times[3], times[0]);
     fig("peak_rss_ratio").value = ends[1]["vm_hwm_mib"].get<double>() / ends[0]["vm_hwm_mib"].get<double>();
     fig("fullft_sgemm_fraction").value = achieved / peak;
     details["train"] = {{"fullft_step_s", full},
                         {"lora_step_s", lo},
                         {"compat_step_s", compat},
+                        {"bitfit_step_s", bitfit},
                         {"fullft_steps_s", times[0]},
                         {"lora_steps_s", times[1]},
                         {"compat_steps_s", times[2]},
+                        {"bitfit_steps_s", times[3]},
                         {"fullft_peak_rss_mib", ends[0]["vm_hwm_mib"]},
                         {"lora_peak_rss_mib", ends[1]["vm_hwm_mib"]},
                         {"compat_peak_rss_mib", ends[2]["vm_hwm_mib"]},
                         {"rss_at_fork_mib", workers[0]->info()["rss_at_start_mib"]},
                         {"fullft_trainable", full_info["trainable"]},
                         {"lora_trainable", lora_info["trainable"]},
+                        {"bitfit_trainable", bitfit_info["trainable"]},
                         {"step_gflop", flops / 1e9},
                         {"fullft_gflops", achieved},
                         {"sgemm_ffn_gflops", gemm_ffn},
@@ -912,8 +943,10 @@ int main(int argc, char** argv) try {
                         {"plain_model_max_diff", compat_info["plain_model_max_diff"]},
                         {"allocator_fullft", ends[0]},
                         {"allocator_lora", ends[1]},
-                        {"allocator_compat", ends[2]}};
-    fmt::print("  median step: FullFT {:.3f} s, LoRA {:.3f} s, LoRA compat {:.3f} s\n", full, lo, compat);
+                        {"allocator_compat", ends[2]},
+                        {"allocator_bitfit", ends[3]}};
+    fmt::print("  median step: FullFT {:.3f} s, LoRA {:.3f} s, LoRA compat {:.3f} s, BitFit {:.3f} s\n", full, lo, compat,
+               bitfit);
     fmt::print("  peak RSS: FullFT {:.0f} MiB, LoRA {:.0f} MiB, compat {:.0f} MiB (each process; {:.0f} MiB at fork)\n",
                ends[0]["vm_hwm_mib"].get<double>(), ends[1]["vm_hwm_mib"].get<double>(),
                ends[2]["vm_hwm_mib"].get<double>(), workers[0]->info()["rss_at_start_mib"].get<double>());

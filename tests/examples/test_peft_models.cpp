@@ -7,9 +7,7 @@
 
 #include <lora/lora.hpp>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 

@@ -277,6 +277,11 @@ TEST_CASE("DistilBERT's attention core equals softmax(q k^T / sqrt(hd) + mask) v
     if (sh.T > 4) attention_mask.index_put_({0, torch::indexing::Slice(4)}, 0);
     if (sh.B > 2) attention_mask.index_put_({2, torch::indexing::Slice(1)}, 0);  // only the first key left
     auto masked = (attention_mask == 0).view({sh.B, 1, 1, sh.T});
+    // The model's helper: the same mask when a key is padded, none for a batch without padding.
+    const auto helper = models::detail::padding_keys(attention_mask);
+    REQUIRE(helper.defined() == masked.any().item<bool>());
+    if (helper.defined()) REQUIRE(torch::equal(helper, masked));
+    REQUIRE_FALSE(models::detail::padding_keys(torch::ones({sh.B, sh.T}, torch::kLong)).defined());
     for (bool with_mask : {true, false}) {
       const auto m = with_mask ? masked : torch::Tensor();
       auto q_in = q * 1.0;  // a projection output, as in the model

@@ -147,6 +147,17 @@ inline torch::Tensor attend(const torch::Tensor& q_proj, const torch::Tensor& k_
   return y.view({B, n_heads, T, hd}).transpose(1, 2).reshape({B, T, C});  // (B, T, C)
 }
 
+/// attention_mask (B, T), 1 = attend, 0 = padding, or undefined -> (B, 1, 1, T), true at the
+/// keys to ignore, or undefined when there are none. A batch without padding needs no masking
+/// pass over the scores (nor its backward); on the CPU asking costs nothing, on a GPU it would
+/// wait for the device, so there the mask is kept.
+inline torch::Tensor padding_keys(const torch::Tensor& attention_mask) {
+  if (!attention_mask.defined()) return {};
+  auto masked = (attention_mask == 0).view({attention_mask.size(0), 1, 1, attention_mask.size(1)});
+  if (masked.device().is_cpu() && !masked.any().item<bool>()) return {};
+  return masked;
+}
+
 }  // namespace detail
 
 /// Word + position embeddings, LayerNorm (eps 1e-12), dropout.
@@ -278,14 +289,7 @@ class DistilBertModelImpl : public torch::nn::Module {
   /// (attend everywhere) -> last_hidden_state (B, T, C)
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}) {
     detail::check_inputs(input_ids, attention_mask, config.max_position_embeddings, "DistilBERT");
-    torch::Tensor masked;  // (B, 1, 1, T), true at keys to ignore; undefined when none is
-    if (attention_mask.defined()) {
-      masked = (attention_mask == 0).view({input_ids.size(0), 1, 1, input_ids.size(1)});
-      // A batch without padding needs no masking pass over the scores (nor its backward). On
-      // the CPU asking costs nothing; on a GPU it would wait for the device, so mask anyway.
-      if (masked.device().is_cpu() && !masked.any().item<bool>()) masked = torch::Tensor();
-    }
-    return transformer(embeddings(input_ids), masked);
+    return transformer(embeddings(input_ids), detail::padding_keys(attention_mask));
   }
 
   DistilBertConfig config;
