@@ -94,6 +94,13 @@ inline fs::path temp_dir(const std::string& tag) {
   return p;
 }
 
+/// A file `name` holding `content` (written as bytes), alone in a fresh folder of its own.
+inline fs::path temp_file(const std::string& name, const std::string& content) {
+  const auto path = temp_dir("file_" + name) / name;
+  std::ofstream(path, std::ios::binary) << content;
+  return path;
+}
+
 inline nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_text(p)); }
 
 /// A nested JSON list of numbers (a fixture's reference values) as a tensor of `dtype`.

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <random>
@@ -40,13 +39,6 @@ std::vector<std::string> texts_of(const std::vector<data::Example>& xs) {
   std::vector<std::string> t;
   for (const auto& x : xs) t.push_back(x.text);
   return t;
-}
-
-/// A file in the temporary folder holding `content`.
-lora_test::fs::path temp_file(const std::string& name, const std::string& content) {
-  const auto p = lora_test::fs::temp_directory_path() / name;
-  std::ofstream(p, std::ios::binary) << content;
-  return p;
 }
 
 }  // namespace
@@ -179,12 +171,12 @@ TEST_CASE("agnews: the official test set", "[data][agnews]") {
 }
 
 TEST_CASE("agnews: a class outside 1..4 names the file and line", "[data][agnews]") {
-  const auto p = temp_file("lora_test_agnews_bad.csv", "\"1\",\"t\",\"d\"\n\"5\",\"t\",\"d\"\n");
+  const auto p = lora_test::temp_file("lora_test_agnews_bad.csv", "\"1\",\"t\",\"d\"\n\"5\",\"t\",\"d\"\n");
   const auto msg = error_of([&] { data::read_agnews(p); });
   INFO(msg);
   CHECK(contains(msg, p.string() + ":2:"));
   CHECK(contains(msg, "\"5\""));
-  lora_test::fs::remove(p);
+  lora_test::fs::remove_all(p.parent_path());
 }
 
 TEST_CASE("agnews: the study's 90/10 split of the 14,995-row train subset", "[data][agnews]") {
@@ -240,7 +232,7 @@ TEST_CASE("agnews: the study's 90/10 split of the 14,995-row train subset", "[da
 // WikiText
 
 TEST_CASE("wikitext: lines, token stream and blocks on a toy text", "[data][wikitext]") {
-  const auto p = temp_file("lora_test_wiki.raw", " \n = Title = \n \n abc \n\n de \n");
+  const auto p = lora_test::temp_file("lora_test_wiki.raw", " \n = Title = \n \n abc \n\n de \n");
   const auto lines = data::read_lines(p);
   REQUIRE(lines == std::vector<std::string>{" \n", " = Title = \n", " \n", " abc \n", "\n", " de \n"});
   const auto kept = data::text_lines(lines);
@@ -264,7 +256,7 @@ TEST_CASE("wikitext: lines, token stream and blocks on a toy text", "[data][wiki
   CHECK(split.lines == 3);
   CHECK(split.tokens == 23);
   CHECK(split.predicted == 20);
-  lora_test::fs::remove(p);
+  lora_test::fs::remove_all(p.parent_path());
 }
 
 TEST_CASE("wikitext: a padded last block, its labels and the perplexity rule", "[data][wikitext]") {

@@ -3,7 +3,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "support.hpp"
 
@@ -16,26 +15,20 @@ lora_test::ProgramRun inspect(const std::string& args) {
   return lora_test::run_program(std::string(LORA_INSPECT_PATH) + " " + args);
 }
 
-fs::path temp_file(const std::string& name, const std::string& content) {
-  auto p = fs::temp_directory_path() / ("lora_inspect_test_" + std::to_string(::getpid()) + "_" + name);
-  std::ofstream(p) << content;
-  return p;
-}
-
 }  // namespace
 
 TEST_CASE("lora_inspect forward reproduces the fixtures' outputs", "[inspect]") {
   for (const std::string fixture : {"distilbert_seqcls_tiny", "gpt2_hub_layout_tiny"}) {
     const auto dir = lora_test::fixture(fixture);
     LORA_REQUIRE_PATH(dir / "expected.json");
-    const auto expected = json::parse(lora_test::read_text(dir / "expected.json"));
+    const auto expected = lora_test::read_json(dir / "expected.json");
     for (const auto& c : expected["cases"]) {
       INFO(fixture << " / " << c["name"]);
       json input = {{"input_ids", c["input_ids"]}, {"attention_mask", c["attention_mask"]}};
       if (c.contains("labels")) input["labels"] = c["labels"];
-      const auto in = temp_file("input.json", input.dump());
+      const auto in = lora_test::temp_file("input.json", input.dump());
       const auto r = inspect("forward --model-dir " + dir.string() + " --input " + in.string());
-      fs::remove(in);
+      fs::remove_all(in.parent_path());
       REQUIRE(r.status == 0);
       const auto out = json::parse(r.out);
       CHECK(lora_test::allclose(lora_test::json_tensor(out["logits"]), lora_test::json_tensor(c["logits"]), 1e-4, 1e-4, "logits"));
@@ -57,7 +50,7 @@ TEST_CASE("lora_inspect tensors and tokenize", "[inspect]") {
   CHECK(t["tensors"].size() == 16);
   CHECK(t["metadata"]["format"] == "pt");
 
-  const auto texts = temp_file("texts.json", json{{"texts", {"Hello world", "line one\nline two"}}}.dump());
+  const auto texts = lora_test::temp_file("texts.json", json{{"texts", {"Hello world", "line one\nline two"}}}.dump());
   r = inspect("tokenize --kind gpt2 --tokenizer-dir " + ckpt.string() + " --texts " + texts.string());
   REQUIRE(r.status == 0);
   CHECK(json::parse(r.out)["ids"][0] == json::array({15496, 995}));
@@ -65,7 +58,7 @@ TEST_CASE("lora_inspect tensors and tokenize", "[inspect]") {
               " --texts " + texts.string());
   REQUIRE(r.status == 0);
   CHECK(json::parse(r.out)["ids"][0] == json::array({101, 7592, 2088, 102}));
-  fs::remove(texts);
+  fs::remove_all(texts.parent_path());
 }
 
 TEST_CASE("lora_inspect fails clearly: non-zero exit, message on stderr, nothing on stdout", "[inspect]") {
@@ -85,9 +78,9 @@ TEST_CASE("lora_inspect ppl on a GPT-2 checkpoint", "[inspect]") {
   std::ifstream in(text);
   std::string all, line;
   for (int i = 0; i < 40 && std::getline(in, line); ++i) all += line + "\n";
-  const auto part = temp_file("wiki.raw", all);
+  const auto part = lora_test::temp_file("wiki.raw", all);
   const auto r = inspect("ppl --model-dir " + dir.string() + " --text-file " + part.string() + " --block-size 64");
-  fs::remove(part);
+  fs::remove_all(part.parent_path());
   REQUIRE(r.status == 0);
   const auto out = json::parse(r.out);
   const double ppl = out["ppl"];

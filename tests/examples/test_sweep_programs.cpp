@@ -6,22 +6,13 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <thread>
-#include <unistd.h>
 
 #include "support.hpp"
 
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-fs::path fresh_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("lora_sweep_e2e_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 /// The small AG-News sweep: 2 LoRA LRs x 2 ranks + FullFT at 1 LR, a few steps each.
 std::string agnews_args(const fs::path& out) {
@@ -40,7 +31,7 @@ size_t point_files(const fs::path& out) {
 
 /// results.json's runs without what differs between runs of the same experiment (times, hosts).
 json runs_of(const fs::path& out) {
-  auto r = json::parse(lora_test::read_text(out / "results.json"));
+  auto r = lora_test::read_json(out / "results.json");
   json runs = r.at("runs");
   for (auto& column : runs)
     for (auto& record : column) {
@@ -59,7 +50,7 @@ json runs_of(const fs::path& out) {
 TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]") {
   LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
   LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
-  const auto out = fresh_dir("agnews");
+  const auto out = lora_test::temp_dir("sweep_agnews");
   auto r = lora_test::run_program(agnews_args(out));
   REQUIRE(r.status == 0);
   CHECK(point_files(out) == 5);
@@ -67,7 +58,7 @@ TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]"
     INFO(f);
     CHECK(fs::exists(out / f));
   }
-  const auto results = json::parse(lora_test::read_text(out / "results.json"));
+  const auto results = lora_test::read_json(out / "results.json");
   const auto& runs = results.at("runs");
   REQUIRE(runs.contains("full"));
   REQUIRE(runs.contains("lora_r2"));
@@ -94,7 +85,7 @@ TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]"
 TEST_CASE("agnews_sweep: killed mid-sweep, then resumed, and shards + merge equal one run", "[programs][sweep]") {
   LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
   LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
-  const auto one = fresh_dir("one"), killed = fresh_dir("killed"), sharded = fresh_dir("sharded");
+  const auto one = lora_test::temp_dir("sweep_one"), killed = lora_test::temp_dir("sweep_killed"), sharded = lora_test::temp_dir("sweep_sharded");
   REQUIRE(lora_test::run_program(agnews_args(one)).status == 0);
 
   // SIGKILL once two points are done, then resume.
@@ -134,7 +125,7 @@ TEST_CASE("agnews_sweep: killed mid-sweep, then resumed, and shards + merge equa
 TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[programs][sweep]") {
   LORA_REQUIRE_PATH(lora_test::fixture("distilgpt2_fullvocab_tiny"));
   LORA_REQUIRE_PATH(lora_test::data("wikitext-2-raw/wiki.valid.raw"));
-  const auto out = fresh_dir("wikitext");
+  const auto out = lora_test::temp_dir("sweep_wikitext");
   const std::string cmd = std::string(LORA_WIKITEXT_SWEEP_PATH) + " --model-dir " +
                           lora_test::fixture("distilgpt2_fullvocab_tiny").string() + " --data-dir " +
                           lora_test::data("").string() +
@@ -142,7 +133,7 @@ TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[prog
                           " --batch-size 8 --threads 1 --ranks 2 --lrs 1e-3 --full-lrs 1e-3 --out " + out.string();
   const auto r = lora_test::run_program(cmd);
   REQUIRE(r.status == 0);
-  const auto results = json::parse(lora_test::read_text(out / "results.json"));
+  const auto results = lora_test::read_json(out / "results.json");
   const double ppl = results["runs"]["lora_r2"]["0.001"]["test_ppl"];
   CHECK(ppl > 1);
   CHECK(ppl < 1e6);
@@ -152,7 +143,7 @@ TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[prog
 }
 
 TEST_CASE("missing files stop the sweep before training, naming each file and the fetch command", "[programs][sweep]") {
-  const auto out = fresh_dir("missing");
+  const auto out = lora_test::temp_dir("sweep_missing");
   const auto r = lora_test::run_program(std::string(LORA_AGNEWS_SWEEP_PATH) + " --model-dir /nonexistent/model" +
                                         " --data-dir /nonexistent/data --out " + out.string() + " 2>&1");
   CHECK(r.status != 0);

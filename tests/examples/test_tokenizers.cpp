@@ -9,8 +9,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -44,8 +42,6 @@ const BpeTokenizer& bpe() {
   return tok;
 }
 
-nlohmann::json load_json(const fs::path& p) { return nlohmann::json::parse(lora_test::read_text(p)); }
-
 std::string show(const Ids& ids) {
   std::ostringstream s;
   s << "[";
@@ -66,25 +62,6 @@ int count_mismatches(const nlohmann::json& cases, const char* field, Encode&& en
               "\n  expected " + show(want);
   }
   return bad;
-}
-
-/// The message of the E that f() throws, or "<nothing thrown>".
-template <typename E, typename F>
-std::string thrown_message(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<nothing thrown>";
-}
-
-/// A file in a fresh temporary folder, for loading errors.
-fs::path temp_file(const std::string& name, const std::string& content) {
-  const fs::path dir = fs::temp_directory_path() / ("lora_tok_test_" + std::to_string(std::random_device{}()));
-  fs::create_directories(dir);
-  std::ofstream(dir / name, std::ios::binary) << content;
-  return dir / name;
 }
 
 /// Whether every id is in [0, size).
@@ -113,7 +90,7 @@ std::vector<std::string> random_byte_strings(int count) {
 TEST_CASE("WordPiece matches the reference ids of every fixture case", "[tokenizers]") {
   LORA_REQUIRE_PATH(bert_vocab());
   LORA_REQUIRE_PATH(expected_json());
-  const auto fixture = load_json(expected_json());
+  const auto fixture = lora_test::read_json(expected_json());
   const auto& special = fixture.at("special_ids");
   CHECK(wordpiece().pad_id() == special.at("bert_pad").get<std::int64_t>());
   CHECK(wordpiece().unk_id() == special.at("bert_unk").get<std::int64_t>());
@@ -134,7 +111,7 @@ TEST_CASE("GPT-2 BPE matches the reference ids of every fixture case and decodes
   LORA_REQUIRE_PATH(gpt2_vocab());
   LORA_REQUIRE_PATH(gpt2_merges());
   LORA_REQUIRE_PATH(expected_json());
-  const auto fixture = load_json(expected_json());
+  const auto fixture = lora_test::read_json(expected_json());
   CHECK(bpe().eos_id() == fixture.at("special_ids").at("gpt2_eos").get<std::int64_t>());
   CHECK(bpe().vocab_size() == 50257);
 
@@ -295,7 +272,7 @@ TEST_CASE("WordPiece normalisation steps", "[tokenizers]") {
     CHECK(wp.id("##ble") == ids[5]);
     CHECK(wp.id("no-such-token") == wp.unk_id());
     CHECK(wp.token(101) == "[CLS]");
-    CHECK(thrown_message<lora::Error>([&] { wp.decode({30522}); }).find("30522") != std::string::npos);
+    CHECK(lora_test::contains(lora_test::error_of<lora::Error>([&] { wp.decode({30522}); }), "30522"));
   }
   SECTION("special-token strings in text are plain text") {
     CHECK(wp.tokenize("[SEP]") == Tokens{"[", "sep", "]"});
@@ -315,7 +292,7 @@ TEST_CASE("WordPiece truncation and batches", "[tokenizers]") {
     CHECK(wp.encode(text, true, 11) == full);
     CHECK(wp.encode(text, true, 2) == Ids{wp.cls_id(), wp.sep_id()});
     CHECK(wp.encode(text, false, 3) == Ids{full[1], full[2], full[3]});
-    CHECK(thrown_message<lora::Error>([&] { wp.encode(text, true, 1); }).find("max_length") != std::string::npos);
+    CHECK(lora_test::contains(lora_test::error_of<lora::Error>([&] { wp.encode(text, true, 1); }), "max_length"));
   }
   SECTION("padding to the longest row, with an attention mask") {
     const auto b = wp.encode_batch({text, "hello", ""});
@@ -337,8 +314,8 @@ TEST_CASE("WordPiece truncation and batches", "[tokenizers]") {
     CHECK(Ids(b.attention_mask.begin() + 8, b.attention_mask.end()) == Ids{1, 1, 1, 0, 0, 0, 0, 0});
     const auto longest = wp.encode_batch({text, "hello"}, 5);
     CHECK(longest.cols == 5);
-    CHECK(thrown_message<lora::Error>([&] { wp.encode_batch({text}, 0, Padding::kMaxLength); }).find("max_length") !=
-          std::string::npos);
+    CHECK(lora_test::contains(
+        lora_test::error_of<lora::Error>([&] { wp.encode_batch({text}, 0, Padding::kMaxLength); }), "max_length"));
   }
 }
 
@@ -385,30 +362,30 @@ TEST_CASE("Unicode helpers: decoding, Python lowercasing, NFD", "[tokenizers]") 
 
 TEST_CASE("Tokenizer loading errors name the file", "[tokenizers]") {
   SECTION("missing WordPiece vocabulary") {
-    const auto msg = thrown_message<lora::FileError>([] { WordPieceTokenizer("/nonexistent/dir/vocab.txt"); });
-    CHECK(msg.find("/nonexistent/dir/vocab.txt") != std::string::npos);
-    CHECK(msg.find("vocab.txt of an uncased BERT model") != std::string::npos);
+    const auto msg = lora_test::error_of<lora::FileError>([] { WordPieceTokenizer("/nonexistent/dir/vocab.txt"); });
+    CHECK(lora_test::contains(msg, "/nonexistent/dir/vocab.txt"));
+    CHECK(lora_test::contains(msg, "vocab.txt of an uncased BERT model"));
   }
   SECTION("WordPiece vocabulary without a special token") {
-    const auto path = temp_file("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n");
-    const auto msg = thrown_message<lora::FileError>([&] { WordPieceTokenizer{path}; });
-    CHECK(msg.find(path.string()) != std::string::npos);
-    CHECK(msg.find("[MASK]") != std::string::npos);
+    const auto path = lora_test::temp_file("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n");
+    const auto msg = lora_test::error_of<lora::FileError>([&] { WordPieceTokenizer{path}; });
+    CHECK(lora_test::contains(msg, path.string()));
+    CHECK(lora_test::contains(msg, "[MASK]"));
     fs::remove_all(path.parent_path());
   }
   SECTION("missing BPE files") {
-    const auto msg = thrown_message<lora::FileError>([] { BpeTokenizer("/nonexistent/vocab.json", "/nonexistent/merges.txt"); });
-    CHECK(msg.find("/nonexistent/vocab.json") != std::string::npos);
+    const auto msg = lora_test::error_of<lora::FileError>([] { BpeTokenizer("/nonexistent/vocab.json", "/nonexistent/merges.txt"); });
+    CHECK(lora_test::contains(msg, "/nonexistent/vocab.json"));
     LORA_REQUIRE_PATH(gpt2_vocab());
-    const auto msg2 = thrown_message<lora::FileError>([] { BpeTokenizer(gpt2_vocab(), "/nonexistent/merges.txt"); });
-    CHECK(msg2.find("/nonexistent/merges.txt") != std::string::npos);
+    const auto msg2 = lora_test::error_of<lora::FileError>([] { BpeTokenizer(gpt2_vocab(), "/nonexistent/merges.txt"); });
+    CHECK(lora_test::contains(msg2, "/nonexistent/merges.txt"));
   }
   SECTION("malformed merges.txt") {
     LORA_REQUIRE_PATH(gpt2_vocab());
-    const auto path = temp_file("merges.txt", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0 a b\n");
-    const auto msg = thrown_message<lora::FileError>([&] { BpeTokenizer(gpt2_vocab(), path); });
-    CHECK(msg.find(path.string()) != std::string::npos);
-    CHECK(msg.find("line 3") != std::string::npos);
+    const auto path = lora_test::temp_file("merges.txt", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0 a b\n");
+    const auto msg = lora_test::error_of<lora::FileError>([&] { BpeTokenizer(gpt2_vocab(), path); });
+    CHECK(lora_test::contains(msg, path.string()));
+    CHECK(lora_test::contains(msg, "line 3"));
     fs::remove_all(path.parent_path());
   }
 }
