@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
