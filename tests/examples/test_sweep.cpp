@@ -722,3 +722,116 @@ TEST_CASE("sweep: LoRA+ reaches the optimizer and the records", "[sweep]") {
   CHECK(p.at("results").at("trainable_parameters") == 2 * (8 + 16) + 2 * (16 + 4));
   cleanup(dir);
 }
+
+TEST_CASE("sweep: several seeds give per-seed optima, ratio intervals, error bars and loss curves", "[sweep]") {
+  const auto dir = temp_dir("seeds");
+  const auto o = toy_options(dir, {"--lrs", "1e-3", "3e-3", "1e-2", "3e-2", "1e-1", "--ranks", "2", "--full-lrs", "1e-3",
+                                   "3e-3", "1e-2", "3e-2", "1e-1", "--seeds", "3", "4", "5"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  const auto out = sweep::run_sweep(o, task, quiet(sink));
+  INFO(sink.str());
+  REQUIRE(out.ran == 30);
+  const auto r = load(dir / "results.json");
+
+  // Each seed's optimum, and the ratio seed by seed: LoRA's optimum / FullFT's of the same seed.
+  const auto& opt = r.at("optimum").at("test_acc");
+  const auto& full = opt.at("full").at("seeds");
+  const auto& lora = opt.at("lora_r2").at("seeds");
+  REQUIRE(full.size() == 3);
+  REQUIRE(lora.size() == 3);
+  std::vector<double> logs;
+  for (const std::string seed : {"3", "4", "5"}) {
+    INFO("seed " << seed);
+    const double ratio = lora.at(seed).at("lr_ratio_to_full");
+    CHECK(ratio == Approx(lora.at(seed).at("lr").get<double>() / full.at(seed).at("lr").get<double>()).epsilon(1e-12));
+    logs.push_back(std::log10(ratio));
+    // The seed's optimum is the one of its own curve: recompute it from that seed's records.
+    sweep::Curve c;
+    c.column = "lora_r2";
+    for (const auto& [lr, rec] : r.at("runs").at("lora_r2").items())
+      c.cells.push_back({std::stod(lr), {rec.at("seeds").at(seed).at("test_acc").get<double>()}, 1, 0});
+    std::sort(c.cells.begin(), c.cells.end(), [](const auto& a, const auto& b) { return a.lr < b.lr; });
+    CHECK(sweep::find_optimum(c, true).lr == Approx(lora.at(seed).at("lr").get<double>()).epsilon(1e-12));
+  }
+  // The ratio's interval: Student t (2 degrees of freedom: 4.303) on log10 of the three ratios.
+  const auto& iv = opt.at("lora_r2").at("lr_ratio_interval");
+  REQUIRE(iv.is_object());
+  CHECK(iv.at("n") == 3);
+  const double m = (logs[0] + logs[1] + logs[2]) / 3;
+  double ss = 0;
+  for (const double l : logs) ss += (l - m) * (l - m);
+  const double half = 4.303 * std::sqrt(ss / 2) / std::sqrt(3.0);
+  CHECK(iv.at("geo_mean").get<double>() == Approx(std::pow(10, m)).epsilon(1e-9));
+  CHECK(iv.at("lo").get<double>() == Approx(std::pow(10, m - half)).epsilon(1e-9));
+  CHECK(iv.at("hi").get<double>() == Approx(std::pow(10, m + half)).epsilon(1e-9));
+  CHECK(opt.at("full").at("lr_ratio_interval").is_null());
+  CHECK(opt.at("full").at("lr_interval").at("n") == 3);
+  const auto summary = lora_test::read_text(dir / "summary.md");
+  CHECK(contains(summary, "Over seeds"));
+  CHECK(contains(summary, "| r2 |"));
+
+  // Error bars: one per LR and line, mean ± std of the seeds' values in results.json.
+  const auto svg = lora_test::read_text(dir / "plot.svg");
+  CHECK(count_of(svg, "class=\"errorbar\"") == 10);
+  const auto attr = [](const std::string& tag, const std::string& name) {
+    const auto at = tag.find(name + "=\"") + name.size() + 2;
+    return tag.substr(at, tag.find('"', at) - at);
+  };
+  size_t checked = 0;
+  for (size_t at = svg.find("<g id=\""); at != std::string::npos; at = svg.find("<g id=\"", at + 1)) {
+    const std::string column = attr(svg.substr(at, 40), "id");
+    const auto group = svg.substr(at, svg.find("</g>", at) - at);
+    for (size_t b = group.find("class=\"errorbar\""); b != std::string::npos; b = group.find("class=\"errorbar\"", b + 1)) {
+      const auto tag = group.substr(b, group.find('>', b) - b);
+      const auto& rec = r.at("runs").at(column).at(attr(tag, "data-lr"));
+      std::vector<double> v;
+      for (const auto& [seed, s] : rec.at("seeds").items()) v.push_back(s.at("test_acc").get<double>());
+      const double mean = (v[0] + v[1] + v[2]) / 3;
+      const double sd = std::sqrt(((v[0] - mean) * (v[0] - mean) + (v[1] - mean) * (v[1] - mean) +
+                                   (v[2] - mean) * (v[2] - mean)) / 2);
+      INFO(column << " " << tag);
+      CHECK(std::stod(attr(tag, "data-mean")) == Approx(mean).epsilon(1e-12));
+      CHECK(std::stod(attr(tag, "data-lo")) == Approx(mean - sd).epsilon(1e-12));
+      CHECK(std::stod(attr(tag, "data-hi")) == Approx(mean + sd).epsilon(1e-12));
+      CHECK(rec.at("test_acc_std").get<double>() == Approx(sd).epsilon(1e-12));
+      ++checked;
+    }
+  }
+  CHECK(checked == 10);
+
+  // A training-loss curve in every point file, and one plot per LR with both lines.
+  const auto p = load(dir / "points" / "lora_r2_lr1e-02_s4.json");
+  const auto& tc = p.at("results").at("train_curve");
+  CHECK(tc.at("step").size() == tc.at("loss").size());
+  CHECK(tc.at("step").back() == 8);
+  const auto curves = lora_test::read_text(dir / "curves" / "lr1e-02.svg");
+  std::string problem;
+  CHECK(tags_balanced(curves, problem));
+  CHECK(count_of(curves, "<polyline") == 2);
+  cleanup(dir);
+}
+
+TEST_CASE("sweep: a point claimed by another process is left to it", "[sweep]") {
+  const auto dir = temp_dir("claim");
+  const auto o = toy_options(dir, {"--lrs", "3e-3", "3e-2", "--ranks", "2"});
+  fs::create_directories(dir / "locks");
+  // flock() locks belong to an open file: a second claim, even from this process, is refused.
+  auto held = sweep::PointClaim::try_claim(dir / "locks" / "lora_r2_lr3e-02_s3.lock");
+  REQUIRE(held.has_value());
+  CHECK(!sweep::PointClaim::try_claim(dir / "locks" / "lora_r2_lr3e-02_s3.lock").has_value());
+  std::ostringstream sink;
+  ToyTask task(o);
+  const auto out = sweep::run_sweep(o, task, quiet(sink));
+  INFO(sink.str());
+  CHECK(out.ran == 1);
+  CHECK(!out.complete);
+  CHECK(contains(sink.str(), "another process on the same --out is training"));
+  CHECK(!fs::exists(dir / "points" / "lora_r2_lr3e-02_s3.json"));
+  held.reset();  // released: the rerun trains it
+  ToyTask again(o);
+  const auto second = sweep::run_sweep(o, again, quiet(sink));
+  CHECK(second.ran == 1);
+  CHECK(second.complete);
+  cleanup(dir);
+}

@@ -122,6 +122,30 @@ TEST_CASE("agnews_sweep: killed mid-sweep, then resumed, and shards + merge equa
   for (const auto& d : {one, killed, sharded}) fs::remove_all(d);
 }
 
+TEST_CASE("agnews_sweep: --jobs 2 gives the same results as one process", "[programs][sweep]") {
+  LORA_REQUIRE_PATH(lora_test::fixture("distilbert_fullvocab_tiny"));
+  LORA_REQUIRE_PATH(lora_test::data("agnews/test.csv"));
+  const auto one = lora_test::temp_dir("sweep_jobs1"), two = lora_test::temp_dir("sweep_jobs2");
+  REQUIRE(lora_test::run_program(agnews_args(one) + " --seeds 1 2").status == 0);
+  const auto r = lora_test::run_program(agnews_args(two) + " --seeds 1 2 --jobs 2 2>&1");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("2 worker processes, 1 thread(s) each") != std::string::npos);
+  CHECK(point_files(two) == 10);
+  // Every number, per-step loss curves included, equals the one-process run's.
+  for (const auto& e : fs::directory_iterator(one / "points")) {
+    if (e.path().extension() != ".json") continue;
+    auto a = lora_test::read_json(e.path()).at("results"), b = lora_test::read_json(two / "points" / e.path().filename()).at("results");
+    a.erase("wall_time_s");
+    b.erase("wall_time_s");
+    INFO(e.path().filename().string());
+    CHECK(a == b);
+  }
+  CHECK(runs_of(two) == runs_of(one));
+  CHECK(lora_test::read_json(two / "results.json").at("optimum") == lora_test::read_json(one / "results.json").at("optimum"));
+  for (const auto& d : {one, two}) fs::remove_all(d);
+}
+
 TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[programs][sweep]") {
   LORA_REQUIRE_PATH(lora_test::fixture("distilgpt2_fullvocab_tiny"));
   LORA_REQUIRE_PATH(lora_test::data("wikitext-2-raw/wiki.valid.raw"));

@@ -17,13 +17,16 @@
 //     "hostname", "device", "threads", "lora_version", "libtorch_version", "model_dir",
 //     "data_dir", "command_line", "finished_at"
 //   },
-//   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses", "diverged",
-//               "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
+//   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
+//               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
+//               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
 // }
 // Resuming: a point whose file exists (and parses) is done and skipped; its settings must
 // equal this run's, or the sweep stops rather than mix two experiments in one --out.
-// Leftover "<key>.json.tmp.<pid>" files of this shard's points (a process killed while
-// writing) are removed. A NaN or infinite loss marks the point diverged; the sweep goes on.
+// A point trains only while this process holds its claim (out/locks/<key>.lock, claim.hpp),
+// so two processes on one --out never train the same point; a leftover "<key>.json.tmp.<pid>"
+// (a process killed while writing) is removed once the point is claimed. A NaN or infinite
+// loss marks the point diverged; the sweep goes on.
 #pragma once
 
 #include <fcntl.h>
@@ -51,12 +54,15 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "perf/allocator.hpp"
 #include "perf/blas.hpp"
 
+#include "claim.hpp"
 #include "grid.hpp"
+#include "jobs.hpp"
 #include "options.hpp"
 #include "plot.hpp"
 #include "progress.hpp"
@@ -104,7 +110,7 @@ struct EngineHooks {
   std::ostream* out = &std::cout;    ///< grid listing, summary, final messages
   std::ostream* log = &std::cerr;    ///< progress bar and per-point lines
   std::optional<bool> terminal;      ///< progress redraws in place; default: stderr is a terminal
-  int64_t log_every = 20;            ///< read the loss as a number every this many steps
+  int64_t log_every = 5;             ///< read the loss (progress, train-loss curve) every this many steps
 };
 
 /// What run_sweep() did.
@@ -201,6 +207,8 @@ inline std::string libtorch_version() {
 
 inline fs::path points_dir(const Options& o) { return fs::path(o.out) / "points"; }
 inline fs::path point_path(const Options& o, const Point& p) { return points_dir(o) / (key(p) + ".json"); }
+inline fs::path locks_dir(const Options& o) { return fs::path(o.out) / "locks"; }
+inline fs::path lock_path(const Options& o, const Point& p) { return locks_dir(o) / (key(p) + ".lock"); }
 
 /// The settings that determine point `p`'s numbers (see the header comment).
 inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
@@ -284,7 +292,7 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
 }
 
 /// Trains point `p` and writes its file; returns its record.
-inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Progress& progress,
+inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Reporter& progress,
                            int64_t log_every) {
   const auto start = std::chrono::steady_clock::now();
   torch::manual_seed(p.seed);
@@ -315,6 +323,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
                             {metric.key, r.test_metric ? nlohmann::json(*r.test_metric) : nlohmann::json()},
                             {"train_losses", r.train_losses},
                             {"val_losses", r.val_losses},
+                            {"train_curve", {{"every", log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
                             {"diverged", r.diverged},
                             {"diverged_reason", r.diverged ? nlohmann::json(r.diverged_reason) : nlohmann::json()},
                             {"steps", r.steps},
@@ -404,12 +413,66 @@ inline bool write_report(const Options& o, const Task& task, const std::vector<P
   const auto curves = make_curves(records, metric_of());
   write_atomic(dir / "plot.svg", plot_svg(curves, find_optima(curves, metric.higher_is_better), metric.label,
                                           task.name() + " (" + task.model_name() + "): " + metric.label + " vs LR"));
+  // Training-loss curves, every run at each LR that two or more runs share.
+  std::map<double, int> runs_at;
+  for (const auto& c : curves)
+    for (const auto& cell : c.cells) ++runs_at[cell.lr];
+  for (const auto& [lr, n] : runs_at) {
+    if (n < 2) continue;
+    const auto lc = loss_curves_at(records, lr);
+    if (lc.size() < 2) continue;
+    fs::create_directories(dir / "curves");
+    write_atomic(dir / "curves" / ("lr" + lr_key(lr) + ".svg"),
+                 loss_curves_svg(lc, task.name() + ": training loss at LR " + lr_string(lr)));
+  }
   out << "\n" << summary << "\n";
   out << "wrote " << (dir / "results.json").string() << ", " << (dir / "summary.md").string() << ", "
       << (dir / "plot.svg").string() << "\n";
   if (hooks.render_png) out << render_png((dir / "plot.svg").string(), (dir / "plot.png").string()) << "\n";
   if (!missing.empty()) out << missing.size() << " of " << grid.size() << " grid points have no result yet.\n";
   return true;
+}
+
+/// Sets LibTorch's intra-op threads and OpenBLAS's own pool (when LibTorch runs on OpenBLAS)
+/// to `n`: two workers that each kept OpenBLAS's default of one thread per core would put
+/// twice as many busy threads as cores on the machine.
+inline void set_threads(int n) {
+  torch::set_num_threads(n);
+  perf::set_blas_threads(n);
+}
+
+/// What run_points() did.
+struct PointsRun {
+  size_t ran = 0, diverged = 0;
+  bool stopped = false;  ///< EngineHooks::after_point asked to stop
+};
+
+/// The loop of one process: prepares the task, then trains each point of `todo` that no other
+/// process has claimed and none has finished, writing each point's file as it ends.
+inline PointsRun run_points(const Options& o, Task& task, const std::vector<Point>& todo, torch::Device device,
+                            Reporter& reporter, const EngineHooks& hooks, bool check_blas) {
+  PointsRun r;
+  if (check_blas && device.is_cpu())  // a reference BLAS makes every matmul ~40x slower: say so up front
+    if (const auto blas = perf::blas_check(); blas.slow()) reporter.note(blas.warning);
+  task.prepare();
+  const int64_t steps = o.epochs * task.steps_per_epoch();
+  std::ostringstream ignored;
+  for (size_t i = 0; i < todo.size() && !r.stopped; ++i) {
+    const auto& p = todo[i];
+    const auto claim = PointClaim::try_claim(lock_path(o, p));
+    if (!claim) continue;                        // another process is training it
+    if (load_done(o, task, p, ignored)) continue;  // another process finished it meanwhile
+    // Ours now: a "<key>.json.tmp.<pid>" beside it was left by a process killed while writing.
+    if (remove_stale_tmp(points_dir(o), {key(p) + ".json"}) > 0)
+      reporter.note("removed an unfinished temporary file of " + key(p) + " left by an interrupted run");
+    reporter.begin_point(i, key(p), steps);
+    const auto rec = run_point(o, task, p, device, reporter, hooks.log_every);
+    ++r.ran;
+    r.diverged += rec.diverged;
+    reporter.end_point(point_line(rec, task.metric()), rec.diverged);
+    r.stopped = hooks.after_point && !hooks.after_point(rec);
+  }
+  return r;
 }
 
 }  // namespace detail
@@ -438,12 +501,7 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
     return outcome;
   }
   const auto device = device_of(o);
-  if (o.threads > 0) torch::set_num_threads(static_cast<int>(o.threads));
   fs::create_directories(detail::points_dir(o));
-  std::set<std::string> names;
-  for (const auto& p : mine) names.insert(key(p) + ".json");
-  if (const auto n = detail::remove_stale_tmp(detail::points_dir(o), names))
-    *hooks.log << "removed " << n << " unfinished temporary file(s) left by an interrupted run\n";
 
   std::vector<Point> todo;
   for (const auto& p : mine)
@@ -455,21 +513,52 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
 
   bool stopped = false;
   if (!todo.empty()) {
-    if (device.is_cpu())  // a reference BLAS makes every matmul ~40x slower: say so up front
-      if (const auto blas = perf::blas_check(); blas.slow()) *hooks.log << blas.warning << "\n";
-    task.prepare();
-    Progress progress(*hooks.log, hooks.terminal.value_or(::isatty(STDERR_FILENO) != 0));
+    fs::create_directories(detail::locks_dir(o));
     const int64_t steps = o.epochs * task.steps_per_epoch();
-    progress.begin_sweep(todo.size(), steps * static_cast<int64_t>(todo.size()));
-    for (size_t i = 0; i < todo.size() && !stopped; ++i) {
-      progress.begin_point(i, key(todo[i]), steps);
-      const auto rec = detail::run_point(o, task, todo[i], device, progress, hooks.log_every);
-      ++outcome.ran;
-      outcome.diverged += rec.diverged;
-      progress.end_point(detail::point_line(rec, task.metric()));
-      stopped = hooks.after_point && !hooks.after_point(rec);
+    Progress progress(*hooks.log, hooks.terminal.value_or(::isatty(STDERR_FILENO) != 0));
+    const size_t workers = std::min<size_t>(static_cast<size_t>(o.jobs), todo.size());
+    progress.begin_sweep(todo.size(), steps * static_cast<int64_t>(todo.size()), workers);
+    if (workers <= 1) {
+      if (o.threads > 0) detail::set_threads(static_cast<int>(o.threads));
+      BarReporter reporter(progress);
+      const auto r = detail::run_points(o, task, todo, device, reporter, hooks, /*check_blas=*/true);
+      outcome.ran = r.ran;
+      outcome.diverged = r.diverged;
+      stopped = r.stopped;
+    } else {
+      // Threads per worker: --threads, else the cores shared out.
+      const auto cores = std::max(1u, std::thread::hardware_concurrency());
+      const int threads = o.threads > 0 ? static_cast<int>(o.threads)
+                                        : std::max(1, static_cast<int>(cores / static_cast<unsigned>(workers)));
+      *hooks.log << workers << " worker processes, " << threads << " thread(s) each\n";
+      const auto r = run_workers(workers, o.program, [&](size_t w, Reporter& reporter) {
+        detail::set_threads(threads);
+        return detail::run_points(o, task, todo, device, reporter, hooks, /*check_blas=*/w == 0).stopped ? 3 : 0;
+      }, progress);
+      outcome.ran = r.ran;
+      outcome.diverged = r.diverged;
+      if (!r.failures.empty()) {
+        progress.finish();
+        std::string list;
+        for (const auto& f : r.failures) list += "\n  " + f;
+        throw lora::Error("--jobs: " + std::to_string(r.failures.size()) + " of " + std::to_string(workers) +
+                          " worker processes failed (their errors are printed above):" + list +
+                          "\nEvery finished point is kept in " + detail::points_dir(o).string() +
+                          "; fix the cause and rerun the same command to resume.");
+      }
     }
     progress.finish();
+  }
+  // Points another process holds, or that a worker left, are not done: say so.
+  size_t done = 0;
+  for (const auto& p : mine) {
+    std::error_code ec;
+    done += fs::exists(detail::point_path(o, p), ec);
+  }
+  if (done < mine.size() && !stopped) {
+    stopped = true;
+    *hooks.log << (mine.size() - done) << " point(s) not done here: another process on the same --out is training "
+               << "them (see " << detail::locks_dir(o).string() << "). Rerun when it has finished.\n";
   }
   outcome.complete = !stopped;
   if (!o.sharded) {

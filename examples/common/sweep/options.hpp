@@ -75,7 +75,8 @@ struct Options {
   // Places and machine.
   std::string model_dir, data_dir, out;
   std::string device = "cpu";
-  int64_t threads = 0;                                ///< 0: LibTorch's default
+  int64_t threads = 0;                                ///< per point; 0: LibTorch's default (with --jobs N: cores / N)
+  int64_t jobs = 1;                                   ///< points trained at once, each in its own process
   // What to do.
   Shard shard;
   bool sharded = false;                               ///< --shard was given
@@ -152,7 +153,7 @@ struct RawFlags {
   std::vector<std::string> lrs = {"1e-5", "3e-5", "1e-4", "3e-4"}, ranks, full_lrs, seeds, targets = {"all-linear"};
   std::string rank, epochs = "5", alpha = "32", alpha_per_rank, scaling = "alpha-over-rank", init = "uniform-zero",
                     init_std = "1", batch_size = "32", seed = "42", train_size = "10000", val_size = "2000",
-                    max_len = "512", model_dir, data_dir, out, device = "cpu", threads = "0", shard, preset,
+                    max_len = "512", model_dir, data_dir, out, device = "cpu", threads = "0", jobs = "1", shard, preset,
                     loraplus_ratio = "1";
   bool full_finetune = false, merge = false, dry_run = false, dora = false;
 };
@@ -214,7 +215,14 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
       ->group("Files");
   a.add_option("--out", raw.out, "output folder [default: runs/" + spec.name + "]")->type_name("DIR")->group("Files");
   a.add_option("--device", raw.device, "cpu, cuda or cuda:N")->type_name("DEV")->group("Machine");
-  a.add_option("--threads", raw.threads, "CPU threads (0: LibTorch's default)")->type_name("N")->group("Machine");
+  a.add_option("--threads", raw.threads, "CPU threads per point, LibTorch's and OpenBLAS's (0: their defaults; with --jobs N: cores / N)")
+      ->type_name("N")
+      ->group("Machine");
+  a.add_option("--jobs,-j", raw.jobs,
+               "train N points at once, each in its own process (same results as one at a time with the same "
+               "--threads)")
+      ->type_name("N")
+      ->group("Machine");
   // What to do.
   auto* shard = a.add_option("--shard", raw.shard, "run slice I of N of the grid (0 <= I < N)")->type_name("I/N")->group("Sweep");
   auto* merge = a.add_flag("--merge", raw.merge, "write results.json, summary.md and the plot from out/points/")
@@ -330,6 +338,7 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
     throw UsageError("--device: '" + raw.device + "' is not allowed; use one of cpu, cuda, cuda:N.");
   o.device = raw.device;
   o.threads = integer("--threads", raw.threads, 0);
+  o.jobs = integer("--jobs", raw.jobs, 1);
 
   o.sharded = !raw.shard.empty();
   if (o.sharded) o.shard = parse_shard(raw.shard);

@@ -73,7 +73,7 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   for (size_t i = 0; i < curves.size(); ++i) {
     for (const auto& c : curves[i].cells) {
       lrs.insert(c.lr);
-      if (c.valid()) ymin = std::min(ymin, c.mean()), ymax = std::max(ymax, c.mean());
+      if (c.valid()) ymin = std::min(ymin, c.mean() - c.stddev()), ymax = std::max(ymax, c.mean() + c.stddev());
     }
     if (optima[i].found) ymin = std::min(ymin, optima[i].value), ymax = std::max(ymax, optima[i].value);
   }
@@ -129,6 +129,14 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
       if (cell.valid()) s << X(cell.lr) << "," << Y(cell.mean()) << " ";
     s << "\"/>\n";
     for (const auto& cell : c.cells) {
+      if (cell.values.size() >= 2) {  // error bar: mean ± sample std over seeds
+        const double x = X(cell.lr), lo = cell.mean() - cell.stddev(), hi = cell.mean() + cell.stddev();
+        s << "<path class=\"errorbar\" data-lr=\"" << lr_string(cell.lr) << "\" data-n=\"" << cell.values.size()
+          << "\" data-mean=\"" << detail::num(cell.mean(), "%.17g") << "\" data-lo=\"" << detail::num(lo, "%.17g")
+          << "\" data-hi=\"" << detail::num(hi, "%.17g") << "\" d=\"M" << x << "," << Y(lo) << " L" << x << "," << Y(hi)
+          << " M" << x - 4 << "," << Y(lo) << " L" << x + 4 << "," << Y(lo) << " M" << x - 4 << "," << Y(hi) << " L"
+          << x + 4 << "," << Y(hi) << "\" stroke=\"" << col << "\" stroke-width=\"1.2\"/>\n";
+      }
       if (cell.valid()) {
         s << "<circle cx=\"" << X(cell.lr) << "\" cy=\"" << Y(cell.mean()) << "\" r=\"3\" fill=\"" << col << "\"/>\n";
       } else {
@@ -153,7 +161,75 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   const double ly = top + 10 + 20 * static_cast<double>(curves.size()) + 6, lx = left + pw + 15;
   s << "<path d=\"M" << lx + 14 << "," << ly - 6 << " L" << lx + 20 << "," << ly << " L" << lx + 14 << "," << ly + 6
     << " L" << lx + 8 << "," << ly << " Z\" fill=\"white\" stroke=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\""
-    << ly + 4 << "\">optimum</text>\n</svg>\n";
+    << ly + 4 << "\">optimum</text>\n";
+  bool bars = false;
+  for (const auto& c : curves)
+    for (const auto& cell : c.cells) bars = bars || cell.values.size() >= 2;
+  if (bars)
+    s << "<text x=\"" << lx << "\" y=\"" << ly + 24 << "\" font-size=\"11\">bars: mean ± std</text>\n<text x=\"" << lx
+      << "\" y=\"" << ly + 38 << "\" font-size=\"11\">over seeds</text>\n";
+  s << "</svg>\n";
+  return s.str();
+}
+
+/// The SVG of training-loss curves over optimizer steps (linear axes), e.g. every rank at one
+/// learning rate: with alpha/r scaling the early parts of the LoRA curves should nearly coincide.
+inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const std::string& title) {
+  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
+  const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
+  const double pw = W - left - right, ph = H - top - bottom;
+  double xmax = 1, ymin = INFINITY, ymax = -INFINITY;
+  for (const auto& c : curves) {
+    for (const auto st : c.step) xmax = std::max(xmax, static_cast<double>(st));
+    for (const double l : c.loss) ymin = std::min(ymin, l), ymax = std::max(ymax, l);
+  }
+  if (!std::isfinite(ymin)) ymin = 0, ymax = 1;
+  if (ymax - ymin < 1e-12) ymin -= 0.5, ymax += 0.5;
+  const double ypad = 0.05 * (ymax - ymin);
+  ymin -= ypad, ymax += ypad;
+  const auto X = [&](double st) { return left + st / xmax * pw; };
+  const auto Y = [&](double v) { return top + (ymax - v) / (ymax - ymin) * ph; };
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(1);
+  s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
+    << "<text x=\"" << left + pw / 2 << "\" y=\"28\" text-anchor=\"middle\" font-size=\"15\">"
+    << detail::xml_escape(title) << "</text>\n<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
+  const double xstep = detail::nice_step(xmax, 8), ystep = detail::nice_step(ymax - ymin, 6);
+  for (double v = 0; v <= xmax + 1e-9; v += xstep)
+    s << "<line x1=\"" << X(v) << "\" y1=\"" << top << "\" x2=\"" << X(v) << "\" y2=\"" << top + ph << "\"/>\n";
+  for (double v = std::ceil(ymin / ystep) * ystep; v <= ymax + 1e-9 * ystep; v += ystep)
+    s << "<line x1=\"" << left << "\" y1=\"" << Y(v) << "\" x2=\"" << left + pw << "\" y2=\"" << Y(v) << "\"/>\n";
+  s << "</g>\n<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
+    << "\" fill=\"none\" stroke=\"black\"/>\n";
+  for (double v = 0; v <= xmax + 1e-9; v += xstep)
+    s << "<text x=\"" << X(v) << "\" y=\"" << top + ph + 18 << "\" text-anchor=\"middle\">" << detail::num(v, "%g")
+      << "</text>\n";
+  for (double v = std::ceil(ymin / ystep) * ystep; v <= ymax + 1e-9 * ystep; v += ystep)
+    s << "<text x=\"" << left - 6 << "\" y=\"" << Y(v) + 4 << "\" text-anchor=\"end\">" << detail::num(v, "%g")
+      << "</text>\n";
+  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 15 << "\" text-anchor=\"middle\">optimizer step</text>\n"
+    << "<text x=\"20\" y=\"" << top + ph / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 20 " << top + ph / 2
+    << ")\">training loss (mean over seeds)</text>\n";
+  size_t colour = 0;
+  for (size_t i = 0; i < curves.size(); ++i) {
+    const auto& c = curves[i];
+    const std::string col = c.full ? "#000000" : palette[colour++ % 10];
+    const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
+    s << "<g id=\"" << detail::xml_escape(c.label) << "\">\n<polyline fill=\"none\" stroke=\"" << col
+      << "\" stroke-width=\"1.6\"" << dash << " points=\"";
+    for (size_t k = 0; k < c.step.size() && k < c.loss.size(); ++k)
+      s << X(static_cast<double>(c.step[k])) << "," << Y(c.loss[k]) << " ";
+    const double ly = top + 10 + 20 * static_cast<double>(i), lx = left + pw + 15;
+    s << "\"/>\n<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 28 << "\" y2=\"" << ly << "\" stroke=\""
+      << col << "\" stroke-width=\"2\"" << dash << "/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">"
+      << detail::xml_escape(c.label) << "</text>\n</g>\n";
+  }
+  s << "</svg>\n";
   return s.str();
 }
 

@@ -1,5 +1,5 @@
-// The sweep's progress bar on stderr: point i/n and its key, step, loss, steps/s and the ETA
-// of the whole sweep. On a terminal it redraws one line in place (\r); otherwise (CI logs,
+// The sweep's progress bar on stderr: point i/n and its key (each running point's, with
+// --jobs), step, loss, steps/s and the ETA of the whole sweep. On a terminal it redraws one line in place (\r); otherwise (CI logs,
 // Slurm output files) it prints a line each time the sweep passes another `every_percent`.
 #pragma once
 
@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <vector>
 
 namespace sweep {
 
@@ -35,41 +36,44 @@ class Progress {
                     int every_percent = 5)
       : os_(os), terminal_(terminal), every_percent_(std::max(1, every_percent)) {}
 
-  /// Starts the sweep: `points` to run here, about `total_steps` optimizer steps in all.
-  void begin_sweep(size_t points, int64_t total_steps) {
+  /// Starts the sweep: `points` to run here, about `total_steps` optimizer steps in all, at
+  /// most `slots` points at once (--jobs).
+  void begin_sweep(size_t points, int64_t total_steps, size_t slots = 1) {
     points_ = points;
     total_steps_ = std::max<int64_t>(total_steps, 1);
-    done_steps_ = 0;
+    finished_steps_ = 0;
+    started_ = 0;
+    slots_.assign(std::max<size_t>(slots, 1), Slot{});
     next_percent_ = every_percent_;
     start_ = Clock::now();
   }
 
-  /// Starts point `index` (from 0) called `key`, expected to take `steps` steps.
-  void begin_point(size_t index, const std::string& key, int64_t steps) {
-    index_ = index;
-    key_ = key;
-    point_steps_ = steps;
-    step_ = 0;
-    loss_ = NAN;
-    point_base_ = done_steps_;
+  /// Starts point `index` (from 0) called `key` in `slot`, expected to take `steps` steps.
+  void begin_point(size_t index, const std::string& key, int64_t steps, size_t slot = 0) {
+    auto& s = slots_.at(slot);
+    s = Slot{true, index, key, steps, 0, NAN};
+    ++started_;
     draw(true);
   }
 
-  /// The point reached `step` of `steps` (the loop's own count, which corrects the estimate)
-  /// with mean recent loss `loss`.
-  void update(int64_t step, int64_t steps, double loss) {
-    total_steps_ += steps - point_steps_;
-    point_steps_ = steps;
-    step_ = step;
-    loss_ = loss;
-    done_steps_ = point_base_ + step;
+  /// The point in `slot` reached `step` of `steps` (the loop's own count, which corrects the
+  /// estimate) with mean recent loss `loss`.
+  void update(int64_t step, int64_t steps, double loss, size_t slot = 0) {
+    auto& s = slots_.at(slot);
+    total_steps_ += steps - s.steps;
+    s.steps = steps;
+    s.step = step;
+    s.loss = loss;
     draw(false);
   }
 
-  /// Ends the current point: its steps count as done; `line` is printed on a line of its own.
-  void end_point(const std::string& line) {
-    total_steps_ += step_ - point_steps_;  // a diverged run stops early
-    done_steps_ = point_base_ + step_;
+  /// Ends the point in `slot`: its steps count as done; `line` is printed on a line of its own.
+  void end_point(const std::string& line, size_t slot = 0) {
+    auto& s = slots_.at(slot);
+    total_steps_ += s.step - s.steps;  // a diverged run stops early
+    finished_steps_ += s.step;
+    ++finished_;
+    s = Slot{};
     note(line);
   }
 
@@ -88,27 +92,54 @@ class Progress {
     os_.flush();
   }
 
-  /// The status line: "[point 2/6 lora_r16_lr1e-04_s42] step 40/120 loss 0.4123 | 35.2 steps/s | 41% ETA 1m12s".
+  /// The status line. One slot: "[point 2/6 lora_r16_lr1e-04_s42] step 40/120 loss 0.4123 |
+  /// 35.2 steps/s | 41% ETA 1m12s"; several: "[3/27 done] lora_r16_lr1e-04_s42 40/120 loss
+  /// 0.4123, full_lr1e-04_s42 12/120 loss 1.2000 | ...".
   std::string line() const {
     const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-    const double rate = elapsed > 0 ? static_cast<double>(done_steps_) / elapsed : 0;
-    const double eta = rate > 0 ? static_cast<double>(total_steps_ - done_steps_) / rate : NAN;
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "[point %zu/%zu %s] step %lld/%lld loss %s | %.1f steps/s | %d%% ETA %s",
-                  index_ + 1, points_, key_.c_str(), static_cast<long long>(step_),
-                  static_cast<long long>(point_steps_), std::isfinite(loss_) ? format_loss(loss_).c_str() : "-", rate,
-                  percent(), format_duration(eta).c_str());
-    return buf;
+    const double rate = elapsed > 0 ? static_cast<double>(done_steps()) / elapsed : 0;
+    const double eta = rate > 0 ? static_cast<double>(total_steps_ - done_steps()) / rate : NAN;
+    std::string head;
+    if (slots_.size() == 1) {
+      const auto& s = slots_.front();
+      head = "[point " + std::to_string(s.index + 1) + "/" + std::to_string(points_) + " " + s.key + "] step " +
+             std::to_string(s.step) + "/" + std::to_string(s.steps) + " loss " + loss_text(s.loss);
+    } else {
+      head = "[" + std::to_string(finished_) + "/" + std::to_string(points_) + " done]";
+      std::string sep = " ";
+      for (const auto& s : slots_) {
+        if (!s.busy) continue;
+        head += sep + s.key + " " + std::to_string(s.step) + "/" + std::to_string(s.steps) + " loss " + loss_text(s.loss);
+        sep = ", ";
+      }
+    }
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " | %.1f steps/s | %d%% ETA %s", rate, percent(), format_duration(eta).c_str());
+    return head + buf;
   }
 
  private:
-  static std::string format_loss(double loss) {
+  struct Slot {
+    bool busy = false;
+    size_t index = 0;
+    std::string key;
+    int64_t steps = 0, step = 0;
+    double loss = NAN;
+  };
+
+  static std::string loss_text(double loss) {
+    if (!std::isfinite(loss)) return "-";
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.4f", loss);
     return buf;
   }
+  int64_t done_steps() const {
+    int64_t d = finished_steps_;
+    for (const auto& s : slots_) d += s.step;
+    return d;
+  }
   int percent() const {
-    return static_cast<int>(100.0 * static_cast<double>(done_steps_) / static_cast<double>(total_steps_));
+    return static_cast<int>(100.0 * static_cast<double>(done_steps()) / static_cast<double>(total_steps_));
   }
 
   /// Terminal: redraw (at most 10 times a second unless `force`). Log: one line per threshold.
@@ -131,10 +162,9 @@ class Progress {
   std::ostream& os_;
   bool terminal_;
   int every_percent_;
-  size_t points_ = 0, index_ = 0;
-  std::string key_;
-  int64_t total_steps_ = 1, done_steps_ = 0, point_base_ = 0, point_steps_ = 0, step_ = 0;
-  double loss_ = NAN;
+  size_t points_ = 0, started_ = 0, finished_ = 0;
+  std::vector<Slot> slots_ = std::vector<Slot>(1);
+  int64_t total_steps_ = 1, finished_steps_ = 0;
   int next_percent_ = 5;
   bool drawn_ = false;
   Clock::time_point start_ = Clock::now(), last_draw_{};

@@ -53,6 +53,7 @@
 #include <vector>
 
 #include "grid.hpp"
+#include "stats.hpp"
 
 namespace sweep {
 
@@ -116,15 +117,9 @@ struct Cell {
   int diverged = 0;
 
   bool valid() const { return !values.empty(); }
-  double mean() const { return std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size()); }
+  double mean() const { return mean_of(values); }
   /// Sample standard deviation (0 for one value).
-  double stddev() const {
-    if (values.size() < 2) return 0;
-    const double m = mean();
-    double ss = 0;
-    for (const double v : values) ss += (v - m) * (v - m);
-    return std::sqrt(ss / static_cast<double>(values.size() - 1));
-  }
+  double stddev() const { return stddev_of(values); }
 };
 
 /// One line of the plot / column of the table: a run column's cells by ascending LR.
@@ -238,6 +233,54 @@ inline std::vector<Optimum> find_optima(const std::vector<Curve>& curves, bool h
   return out;
 }
 
+/// Each seed's own optimum: seed -> column -> the optimum of that seed's curve alone.
+using SeedOptima = std::map<uint64_t, std::map<std::string, Optimum>>;
+
+inline SeedOptima seed_optima(const std::vector<RunRecord>& records,
+                              const std::function<std::optional<double>(const RunRecord&)>& value_of,
+                              bool higher_is_better) {
+  std::map<uint64_t, std::vector<RunRecord>> by_seed;
+  for (const auto& r : records) by_seed[r.seed].push_back(r);
+  SeedOptima out;
+  for (const auto& [seed, rs] : by_seed) {
+    const auto curves = make_curves(rs, value_of);
+    const auto optima = find_optima(curves, higher_is_better);
+    for (size_t i = 0; i < curves.size(); ++i) out[seed][curves[i].column] = optima[i];
+  }
+  return out;
+}
+
+/// One column's optimal LR over seeds, and its ratio to FullFT's seed by seed.
+struct SeedSpread {
+  std::map<uint64_t, Optimum> optima;    ///< the seeds whose curve has an optimum
+  std::map<uint64_t, double> ratios;     ///< optimum LR / FullFT's optimum LR of the same seed
+  std::optional<Interval> lr;            ///< over `optima`, on log10 (geometric mean)
+  std::optional<Interval> ratio;         ///< over `ratios`, on log10 (geometric mean)
+  int at_grid_point = 0;                 ///< seeds whose optimum (or FullFT's) was not interpolated
+};
+
+inline SeedSpread seed_spread(const SeedOptima& so, const std::string& column) {
+  SeedSpread s;
+  std::vector<double> lrs, ratios;
+  for (const auto& [seed, by_column] : so) {
+    const auto it = by_column.find(column);
+    if (it == by_column.end() || !it->second.found) continue;
+    s.optima[seed] = it->second;
+    lrs.push_back(it->second.lr);
+    bool interpolated = it->second.interpolated;
+    const auto full = by_column.find("full");
+    if (column != "full" && full != by_column.end() && full->second.found) {
+      s.ratios[seed] = it->second.lr / full->second.lr;
+      ratios.push_back(s.ratios[seed]);
+      interpolated = interpolated && full->second.interpolated;
+    }
+    s.at_grid_point += !interpolated;
+  }
+  s.lr = log_t_interval(lrs);
+  s.ratio = log_t_interval(ratios);
+  return s;
+}
+
 /// The settings (top-level keys of each record's "settings") equal in every record.
 inline nlohmann::json common_settings(const std::vector<RunRecord>& records) {
   nlohmann::json common = nlohmann::json::object();
@@ -284,6 +327,7 @@ inline nlohmann::json aggregate(const std::vector<const RunRecord*>& runs, const
         {metric.key, or_null(r->metric)},
         {"train_losses", res.at("train_losses")},
         {"val_losses", res.at("val_losses")},
+        {"train_curve", res.value("train_curve", nlohmann::json())},
         {"diverged", r->diverged},
         {"diverged_reason", res.value("diverged_reason", nlohmann::json())},
         {"steps", res.at("steps")},
@@ -327,8 +371,57 @@ inline nlohmann::json aggregate(const std::vector<const RunRecord*>& runs, const
 
 }  // namespace detail
 
-/// Per column: the best grid LR, the interpolated optimum and its ratio to FullFT's.
-inline nlohmann::json optimum_json(const std::vector<Curve>& curves, const std::vector<Optimum>& optima) {
+/// One line of a training-loss plot: `loss[i]` after `step[i]` optimizer steps.
+struct LossCurve {
+  std::string label;  ///< "FullFT", "r16"
+  bool full = false;
+  std::vector<int64_t> step;
+  std::vector<double> loss;
+};
+
+/// The training-loss curve of every column at learning rate `lr`, each the mean over the seeds
+/// that did not diverge (point files without "train_curve", or whose steps differ from the
+/// first seed's, are left out). FullFT first, then ranks ascending.
+inline std::vector<LossCurve> loss_curves_at(const std::vector<RunRecord>& records, double lr) {
+  std::map<std::pair<int64_t, std::string>, std::vector<const RunRecord*>> by_column;
+  for (const auto& r : records)
+    if (r.lr == lr && !r.diverged && r.doc.at("results").contains("train_curve"))
+      by_column[{r.method == "full" ? 0 : r.rank, r.column}].push_back(&r);
+  std::vector<LossCurve> out;
+  for (const auto& [k, rs] : by_column) {
+    LossCurve c;
+    c.full = k.second == "full";
+    c.label = c.full ? "FullFT" : "r" + std::to_string(k.first);
+    std::vector<std::vector<double>> losses;
+    for (const auto* r : rs) {
+      const auto& tc = r->doc.at("results").at("train_curve");
+      const auto steps = tc.at("step").get<std::vector<int64_t>>();
+      if (c.step.empty()) c.step = steps;
+      if (steps != c.step) continue;
+      losses.push_back(tc.at("loss").get<std::vector<double>>());
+    }
+    c.loss = detail::mean_lists(losses);
+    if (!c.loss.empty()) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+namespace detail {
+
+/// An interval as JSON: n, geometric mean, 95% bounds, the sd of log10; null when absent.
+inline nlohmann::json interval_json(const std::optional<Interval>& i) {
+  if (!i) return nullptr;
+  return {{"n", i->n}, {"geo_mean", i->mean}, {"lo", i->lo}, {"hi", i->hi}, {"sd_log10", i->sd},
+          {"method", "Student t 95% interval of the mean of log10 over seeds"}};
+}
+
+}  // namespace detail
+
+/// Per column: the best grid LR, the interpolated optimum and its ratio to FullFT's (of the
+/// mean curve over seeds); with several seeds also each seed's own optimum and ratio, and
+/// their 95% intervals ("seeds", "lr_interval", "lr_ratio_interval").
+inline nlohmann::json optimum_json(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
+                                   const SeedOptima& per_seed = {}) {
   nlohmann::json out = nlohmann::json::object();
   const Optimum* full = nullptr;
   for (size_t i = 0; i < curves.size(); ++i)
@@ -345,6 +438,21 @@ inline nlohmann::json optimum_json(const std::vector<Curve>& curves, const std::
     const bool ratio = full && !curves[i].full;
     j["lr_ratio_to_full"] = ratio ? nlohmann::json(o.lr / full->lr) : nlohmann::json();
     j["grid_lr_ratio_to_full"] = ratio ? nlohmann::json(o.grid_lr / full->grid_lr) : nlohmann::json();
+    if (per_seed.size() >= 2) {
+      const auto spread = seed_spread(per_seed, curves[i].column);
+      nlohmann::json seeds = nlohmann::json::object();
+      for (const auto& [seed, so] : spread.optima) {
+        const auto r = spread.ratios.find(seed);
+        seeds[std::to_string(seed)] = {{"lr", so.lr},
+                                       {"interpolated", so.interpolated},
+                                       {"value", so.value},
+                                       {"lr_ratio_to_full", r == spread.ratios.end() ? nlohmann::json() : nlohmann::json(r->second)}};
+      }
+      j["seeds"] = seeds;
+      j["lr_interval"] = detail::interval_json(spread.lr);
+      j["lr_ratio_interval"] = curves[i].full ? nlohmann::json() : detail::interval_json(spread.ratio);
+      j["seeds_at_grid_point"] = spread.at_grid_point;
+    }
     out[curves[i].column] = j;
   }
   return out;
@@ -385,8 +493,10 @@ inline nlohmann::json results_json(const std::string& task, const std::string& m
           {"seeds", seeds},
           {"runs", runs},
           {"optimum",
-           {{metric.key, optimum_json(metric_curves, find_optima(metric_curves, metric.higher_is_better))},
-            {"best_val_loss", optimum_json(loss_curves, find_optima(loss_curves, false))}}},
+           {{metric.key, optimum_json(metric_curves, find_optima(metric_curves, metric.higher_is_better),
+                                      seed_optima(records, metric_of(), metric.higher_is_better))},
+            {"best_val_loss", optimum_json(loss_curves, find_optima(loss_curves, false),
+                                           seed_optima(records, val_loss_of(), false))}}},
           {"missing", missing}};
 }
 
@@ -431,9 +541,36 @@ inline std::string value_table(const std::vector<Curve>& curves, const std::vect
   return s.str();
 }
 
+/// "1.2e-03 [8.1e-04, 1.8e-03]": a geometric mean with its 95% interval.
+inline std::string interval_text(const std::optional<Interval>& i, const char* format = "%.3g") {
+  if (!i) return "-";
+  return num(i->mean, format) + " [" + num(i->lo, format) + ", " + num(i->hi, format) + "]";
+}
+
+/// With several seeds: each seed's optimal LR and LoRA/FullFT ratio, and their 95% intervals.
+inline std::string seeds_table(const std::vector<Curve>& curves, const SeedOptima& per_seed) {
+  std::ostringstream s;
+  s << "Over seeds (each seed's own curve, parabola in log10 LR; intervals: Student t 95% on log10 over seeds, "
+       "shown as geometric mean [lo, hi]; * = that seed's optimum, or FullFT's, is a grid point):\n\n"
+    << "| run | optimum LR per seed | optimum LR | LoRA/FullFT ratio per seed | ratio |\n|---|---|---|---|---|\n";
+  for (const auto& c : curves) {
+    const auto spread = seed_spread(per_seed, c.column);
+    std::string lrs, ratios;
+    for (const auto& [seed, o] : spread.optima) {
+      lrs += (lrs.empty() ? "" : ", ") + lr_text(o.lr) + (o.interpolated ? "" : "*");
+      const auto r = spread.ratios.find(seed);
+      if (r != spread.ratios.end()) ratios += (ratios.empty() ? "" : ", ") + num(r->second, "%.3g");
+    }
+    s << "| " << c.label << " | " << (lrs.empty() ? "-" : lrs) << " | " << interval_text(spread.lr) << " | "
+      << (ratios.empty() ? "-" : ratios) << " | " << (c.full ? "-" : interval_text(spread.ratio)) << " |\n";
+  }
+  s << "\n";
+  return s.str();
+}
+
 /// The optimum table, the ratio line and the notes for one value.
 inline std::string optimum_section(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
-                                   const std::string& value_name) {
+                                   const std::string& value_name, const SeedOptima& per_seed = {}) {
   const Optimum* full = nullptr;
   for (size_t i = 0; i < curves.size(); ++i)
     if (curves[i].full && optima[i].found) full = &optima[i];
@@ -459,6 +596,7 @@ inline std::string optimum_section(const std::vector<Curve>& curves, const std::
     if (!o.interpolated) notes << "- " << c.label << ": " << o.note << ".\n";
   }
   s << "\n";
+  if (per_seed.size() >= 2) s << seeds_table(curves, per_seed);
   if (!full) s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": no FullFT result to compare with.\n";
   else if (ratios.tellp() > 0) s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": " << ratios.str() << ".\n";
   else s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": no LoRA result to compare with.\n";
@@ -503,7 +641,7 @@ inline std::string summary_markdown(const std::string& task, const std::string& 
     const auto optima = find_optima(curves, sec.higher);
     s << "\n## " << sec.title << " (" << sec.name << ", " << (sec.higher ? "higher" : "lower") << " is better)\n\n"
       << detail::value_table(curves, optima, sec.name) << "\n### Optimal LR by " << sec.name << "\n\n"
-      << detail::optimum_section(curves, optima, sec.name);
+      << detail::optimum_section(curves, optima, sec.name, seed_optima(records, sec.value, sec.higher));
   }
   if (!missing.empty()) {
     s << "\n## Missing points (" << missing.size() << ")\n\n";

@@ -51,13 +51,18 @@ struct TrainSettings {
   int64_t epochs = 5;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.001;  ///< AdamW, constant LR
   double loraplus_ratio = 1;  ///< LoRA+: B's (and DoRA magnitudes') LR = ratio * lr; 1: one LR
-  int64_t log_every = 20;     ///< read the loss as a number every this many steps
+  int64_t log_every = 5;      ///< read the loss as a number (and add a curve point) every this many steps
 };
 
 /// What a run produced. Non-finite numbers never appear: a NaN or infinite loss stops the run.
 struct TrainResult {
   std::vector<double> train_losses;  ///< mean training loss per completed epoch
   std::vector<double> val_losses;    ///< validation loss per completed epoch
+  /// The training-loss curve: curve_losses[i] is the mean loss of the steps after
+  /// curve_steps[i - 1] up to curve_steps[i] (optimizer steps counted from 1 over all epochs;
+  /// every log_every steps, and at the end of each epoch).
+  std::vector<int64_t> curve_steps;
+  std::vector<double> curve_losses;
   std::optional<double> best_val_loss;
   std::optional<double> test_metric;  ///< absent when diverged
   bool diverged = false;
@@ -188,6 +193,8 @@ inline TrainResult train(const Model& model, const lora::Adapters* adapters,
       }
       window.zero_();
       in_window = 0;
+      r.curve_steps.push_back(r.steps);
+      r.curve_losses.push_back(mean);
       if (cb.on_log) cb.on_log(r.steps, expected_total, mean);
     }
     if (r.diverged) break;

@@ -26,20 +26,19 @@ class WikiTextTask : public sweep::Task {
   int64_t steps_per_epoch() const override { return (o_.train_size + o_.batch_size - 1) / o_.batch_size; }
 
   void prepare() override {
-    const fs::path data = fs::path(o_.data_dir) / "wikitext-2-raw", model(o_.model_dir);
-    const auto train_split = o_.extra.at("train-split");
-    const auto train_file = data / ("wiki." + train_split + ".raw");
+    const fs::path model(o_.model_dir);
+    const auto files = split_files(o_.data_dir, o_.extra.at("train-split"));
     require_files({model / "config.json", model / "model.safetensors", model / "vocab.json", model / "merges.txt",
-                   train_file, data / "wiki.valid.raw", data / "wiki.test.raw"},
+                   files.train, files.valid, files.test},
                   o_.data_dir);
     text::BpeTokenizer tok(model / "vocab.json", model / "merges.txt");
     pad_id_ = tok.eos_id();
     const auto encode = [&](const std::string& s) { return tok.encode(s); };
     const auto block = std::stoll(o_.extra.at("block-size"));
-    train_ = first_blocks(data::load_wikitext(train_file, encode, block).blocks, o_.train_size, "--train-size");
-    val_ = first_blocks(data::load_wikitext(data / "wiki.valid.raw", encode, block).blocks, o_.val_size, "--val-size");
-    test_ = first_blocks(data::load_wikitext(data / "wiki.test.raw", encode, block).blocks,
-                         std::stoll(o_.extra.at("test-size")), "--test-size");
+    train_ = first_blocks(data::load_wikitext(files.train, encode, block).blocks, o_.train_size, "--train-size");
+    val_ = first_blocks(data::load_wikitext(files.valid, encode, block).blocks, o_.val_size, "--val-size");
+    test_ = first_blocks(data::load_wikitext(files.test, encode, block).blocks, std::stoll(o_.extra.at("test-size")),
+                         "--test-size");
   }
 
   sweep::Model make_model(const sweep::Point&) override {
@@ -71,6 +70,23 @@ class WikiTextTask : public sweep::Task {
   }
 
  private:
+  struct SplitFiles {
+    fs::path train, valid, test;
+  };
+
+  /// The three files of --train-split: "train" and "valid" train on wikitext-2-raw's
+  /// wiki.train.raw / wiki.valid.raw and evaluate on its valid and test files; "wt103-head"
+  /// trains on the first 2.5 MiB of WikiText-103 train (tokenized format, disjoint from
+  /// WikiText-2's validation and test articles) and evaluates on WikiText-2's tokenized
+  /// wiki.valid.tokens and wiki.test.tokens, so that all three share one format.
+  static SplitFiles split_files(const fs::path& data_dir, const std::string& split) {
+    if (split == "wt103-head")
+      return {data_dir / "corpus" / "wikitext103_train_head" / "wiki.train.tokens.head.txt",
+              data_dir / "wikitext-2" / "wiki.valid.tokens", data_dir / "wikitext-2" / "wiki.test.tokens"};
+    const fs::path raw = data_dir / "wikitext-2-raw";
+    return {raw / ("wiki." + split + ".raw"), raw / "wiki.valid.raw", raw / "wiki.test.raw"};
+  }
+
   /// The first `n` blocks (n <= 0: all); more than the split holds is an error naming the flag.
   static std::vector<std::vector<int64_t>> first_blocks(std::vector<std::vector<int64_t>> blocks, int64_t n,
                                                         const char* flag) {
@@ -135,9 +151,11 @@ inline sweep::ProgramSpec wikitext_spec() {
         ->check(CLI::NonNegativeNumber);
     o.extra["train-split"] = "train";
     app.add_option("--train-split", o.extra["train-split"],
-                   "the file to train on: train (wiki.train.raw) or valid (wiki.valid.raw, a stand-in when the "
-                   "train file is absent; validation then overlaps training)")
-        ->check(CLI::IsMember({"train", "valid"}));
+                   "the text to train on: train (wikitext-2-raw/wiki.train.raw), wt103-head (the first 2.5 MiB of "
+                   "WikiText-103 train in corpus/wikitext103_train_head/, disjoint from validation and test, which "
+                   "then come from wikitext-2/wiki.{valid,test}.tokens), or valid (wiki.valid.raw, a stand-in for "
+                   "tests only: validation then overlaps training)")
+        ->check(CLI::IsMember({"train", "wt103-head", "valid"}));
   };
   return s;
 }
