@@ -404,13 +404,14 @@ models::DistilBertConfig model_config(const Options& o) {
   return c;
 }
 
-/// The seed study's LoRA: every Linear, alpha 32 (the 4-output classifier gets rank 4, the
-/// most a 4 x 768 layer allows).
+/// The seed study's LoRA: every Linear including the output head, alpha 32 (the 4-output
+/// classifier gets rank 4, the most a 4 x 768 layer allows).
 lora::Config lora_config(const Options& o) {
   lora::Config c;
   c.rank = o.rank;
   c.alpha = o.alpha;
   c.targets = {"all-linear"};
+  c.adapt_output_head = true;
   c.rank_pattern["classifier"] = std::min<int64_t>(o.rank, 4);
   return c;
 }

@@ -40,5 +40,6 @@ printf 'points_per_hour_ratio: %.2f\n' "$(echo "$s1 / $sn" | bc -l)"
 # last bits may too; the agreement test with equal --threads is in tests/examples).
 for f in "$tmp"/jobs1/points/*.json; do
   a=$(grep -m1 "\"test_acc\": [0-9]" "$f"); b=$(grep -m1 "\"test_acc\": [0-9]" "$tmp/jobsN/points/$(basename "$f")")
-  echo "$(basename "$f" .json): --jobs 1 ${a##*: } --jobs $jobs ${b##*: }"
+  a=${a##*: } b=${b##*: }
+  echo "$(basename "$f" .json): test_acc ${a%,} (--jobs 1), ${b%,} (--jobs $jobs)"
 done

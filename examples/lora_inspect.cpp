@@ -4,7 +4,7 @@
 //   lora_inspect tensors FILE.safetensors
 //   lora_inspect tokenize --tokenizer-dir D --kind bert|gpt2 (--text-file F | --texts F.json)
 //   lora_inspect forward --model-dir D --input F.json [--adapter PEFT_DIR]
-//   lora_inspect ppl --model-dir D --text-file F [--block-size N]
+//   lora_inspect ppl --model-dir D --text-file F [--block-size N] [--max-blocks K]
 #include <CLI/CLI.hpp>
 #include <lora/lora.hpp>
 #include <lora/safetensors.hpp>
@@ -17,6 +17,7 @@
 
 #include "data/batching.hpp"
 #include "data/wikitext.hpp"
+#include "errors.hpp"
 #include "models/checkpoint.hpp"
 #include "models/export.hpp"
 #include "text/bpe.hpp"
@@ -154,13 +155,16 @@ int cmd_forward(const std::string& dir, const std::string& input_file, const std
   return 0;
 }
 
-int cmd_ppl(const std::string& dir, const std::string& text_file, int64_t block_size, int64_t batch_size) {
+int cmd_ppl(const std::string& dir, const std::string& text_file, int64_t block_size, int64_t batch_size,
+            int64_t max_blocks) {
   if (model_type(dir) != "gpt2")
     throw lora::Error(lora::detail::str("lora_inspect ppl needs a GPT-2 folder; '", dir, "' is not one"));
   auto loaded = models::load_gpt2(dir);
   loaded.model->eval();
   text::BpeTokenizer tok(fs::path(dir) / "vocab.json", fs::path(dir) / "merges.txt");
-  const auto split = data::load_wikitext(text_file, [&](const std::string& s) { return tok.encode(s); }, block_size);
+  auto split = data::load_wikitext(text_file, [&](const std::string& s) { return tok.encode(s); }, block_size);
+  if (max_blocks > 0 && static_cast<size_t>(max_blocks) < split.blocks.size())
+    split.blocks.resize(static_cast<size_t>(max_blocks));  // the first K blocks, as wikitext_sweep's --test-size
   torch::NoGradGuard no_grad;
   models::TokenNll total;
   data::BatchOptions opts;
@@ -214,7 +218,7 @@ int main(int argc, char** argv) {
                       "PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to load onto the model "
                       "before the forward pass");
 
-  int64_t block_size = 1024, batch = 8;
+  int64_t block_size = 1024, batch = 8, max_blocks = 0;
   std::string ppl_text;
   auto* ppl = app.add_subcommand("ppl", "perplexity of a GPT-2 model on a WikiText raw file");
   ppl->add_option("--model-dir", model_dir, "GPT-2 Hub folder (config.json, model.safetensors, vocab.json, merges.txt)")
@@ -222,6 +226,7 @@ int main(int argc, char** argv) {
   ppl->add_option("--text-file", ppl_text, "a WikiText .raw file")->required();
   ppl->add_option("--block-size", block_size, "tokens per block")->check(CLI::PositiveNumber);
   ppl->add_option("--batch-size", batch, "blocks per forward pass")->check(CLI::PositiveNumber);
+  ppl->add_option("--max-blocks", max_blocks, "evaluate the first K blocks only (0: all)")->check(CLI::NonNegativeNumber);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -231,9 +236,9 @@ int main(int argc, char** argv) {
       return cmd_tokenize(tok_dir, kind, text_file, texts_json);
     }
     if (*forward) return cmd_forward(model_dir, input, adapter_dir);
-    if (*ppl) return cmd_ppl(model_dir, ppl_text, block_size, batch);
+    if (*ppl) return cmd_ppl(model_dir, ppl_text, block_size, batch, max_blocks);
   } catch (const std::exception& e) {
-    std::cerr << "lora_inspect: " << e.what() << "\n";
+    std::cerr << "lora_inspect: " << errors::message(e) << "\n";
     return 1;
   }
   return 0;

@@ -7,14 +7,16 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "config.hpp"
-#include "linear.hpp"
-#include "parametrize.hpp"
+#include "detail/adapter_bank.hpp"
+#include "detail/layers.hpp"
+#include "error.hpp"
 
 namespace lora {
 
@@ -35,41 +37,19 @@ struct LayerInfo {
   LayerKind kind = LayerKind::lora_linear;
 };
 
-namespace detail {
-/// One adapted layer, whichever its kind.
-struct AdaptedLayer {
-  LayerInfo info;
-  std::shared_ptr<LinearImpl> fast;
-  std::shared_ptr<WeightParametrizationImpl> compat;
-
-  AdapterBank& bank() const { return fast ? fast->adapters : compat->adapters; }
-  torch::Tensor base_weight() const { return fast ? fast->weight : compat->base_weight(); }
-  void merge(const std::string& n) const { fast ? fast->merge(n) : compat->merge(n); }
-  void unmerge(const std::string& n) const { fast ? fast->unmerge(n) : compat->unmerge(n); }
-  void set_enabled(bool on) const { fast ? fast->set_adapters_enabled(on) : compat->set_adapters_enabled(on); }
-  void set_active(const std::vector<std::string>& names) const {
-    bank().set_active(names);
-    if (compat) compat->sync();
-  }
-  void remove(const std::string& n) const { fast ? fast->remove_adapter(n) : compat->remove_adapter(n); }
-  void sync() const {
-    if (compat) compat->sync();
-  }
-};
-}  // namespace detail
-
+/// The handle of one named adapter on a model, as inject() and peft::load() return it.
 class Adapters {
  public:
   Adapters() = default;
-  Adapters(std::string name, std::vector<detail::AdaptedLayer> layers,
+  /// What inject() builds: `layers` carry adapter `name`, `infos` describe them (same order).
+  Adapters(std::string name, std::vector<detail::Layer> layers, std::vector<LayerInfo> infos,
            std::vector<std::pair<std::string, torch::Tensor>> kept, int64_t model_parameters, Config config = {})
       : name_(std::move(name)),
         layers_(std::move(layers)),
+        infos_(std::move(infos)),
         kept_(std::move(kept)),
         model_parameters_(model_parameters),
-        config_(std::move(config)) {
-    for (const auto& l : layers_) infos_.push_back(l.info);
-  }
+        config_(std::move(config)) {}
 
   /// The adapter's name (Config::adapter_name).
   const std::string& name() const { return name_; }
@@ -95,12 +75,12 @@ class Adapters {
   /// "<path>.lora_magnitude_vector.<name>.weight" for DoRA).
   std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const {
     std::vector<std::pair<std::string, torch::Tensor>> out;
-    for (const auto& l : layers_) {
-      const auto& a = adapter(l);
-      out.emplace_back(l.info.path + ".lora_A." + name_ + ".weight", a.A);
-      out.emplace_back(l.info.path + ".lora_B." + name_ + ".weight", a.B);
-      if (a.dora())
-        out.emplace_back(l.info.path + "." + AdapterBank::kMagnitude + "." + name_ + ".weight", a.magnitude);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const auto& a = adapter(layers_[i]);
+      const auto& path = infos_[i].path;
+      out.emplace_back(path + ".lora_A." + name_ + ".weight", a.A);
+      out.emplace_back(path + ".lora_B." + name_ + ".weight", a.B);
+      if (a.dora()) out.emplace_back(path + "." + detail::AdapterBank::kMagnitude + "." + name_ + ".weight", a.magnitude);
     }
     out.insert(out.end(), kept_.begin(), kept_.end());
     return out;
@@ -177,12 +157,8 @@ class Adapters {
   /// the "base_model.model." prefix.
   torch::OrderedDict<std::string, torch::Tensor> state_dict() const {
     torch::OrderedDict<std::string, torch::Tensor> out;
-    for (const auto& l : layers_) {
-      const auto& a = adapter(l);
-      out.insert(l.info.path + ".lora_A.weight", a.A.detach());
-      out.insert(l.info.path + ".lora_B.weight", a.B.detach());
-      if (a.dora()) out.insert(l.info.path + "." + AdapterBank::kMagnitude, a.magnitude.detach());
-    }
+    for (size_t i = 0; i < layers_.size(); ++i)
+      for (const auto& [key, t] : tensor_keys(i)) out.insert(key, t.detach());
     return out;
   }
 
@@ -193,12 +169,8 @@ class Adapters {
     std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
     std::vector<std::string> missing;
     size_t used = 0;
-    for (const auto& l : layers_) {
-      const auto& a = adapter(l);
-      std::vector<std::pair<std::string, torch::Tensor>> parts = {{".lora_A.weight", a.A}, {".lora_B.weight", a.B}};
-      if (a.dora()) parts.emplace_back(std::string(".") + AdapterBank::kMagnitude, a.magnitude);
-      for (const auto& [suffix, dst] : parts) {
-        const auto key = l.info.path + suffix;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      for (const auto& [key, dst] : tensor_keys(i)) {
         const auto* src = state.find(key);
         if (!src) {
           missing.push_back(key);
@@ -217,13 +189,11 @@ class Adapters {
                                    missing.front(), "'. Pass strict = false to load a subset."));
     if (strict && used != state.size()) {
       std::vector<std::string> unexpected;
-      for (const auto& item : state) {
-        bool known = false;
-        for (const auto& l : layers_)
-          known |= item.key() == l.info.path + ".lora_A.weight" || item.key() == l.info.path + ".lora_B.weight" ||
-                   (adapter(l).dora() && item.key() == l.info.path + "." + AdapterBank::kMagnitude);
-        if (!known) unexpected.push_back(item.key());
-      }
+      std::set<std::string> known;
+      for (size_t i = 0; i < layers_.size(); ++i)
+        for (const auto& kv : tensor_keys(i)) known.insert(kv.first);
+      for (const auto& item : state)
+        if (!known.count(item.key())) unexpected.push_back(item.key());
       throw ShapeError(detail::str("lora: the state has ", unexpected.size(), " tensor(s) that match no adapted layer, e.g. '",
                                    unexpected.front(), "'. Check the target layers, or pass strict = false."));
     }
@@ -233,7 +203,16 @@ class Adapters {
   }
 
  private:
-  const Adapter& adapter(const detail::AdaptedLayer& l) const { return l.bank().get(name_); }
+  const Adapter& adapter(const detail::Layer& l) const { return l.adapter(name_); }
+  /// The state_dict() keys of layer i with the tensors they name.
+  std::vector<std::pair<std::string, torch::Tensor>> tensor_keys(size_t i) const {
+    const auto& a = adapter(layers_[i]);
+    const auto& path = infos_[i].path;
+    std::vector<std::pair<std::string, torch::Tensor>> out = {{path + ".lora_A.weight", a.A},
+                                                              {path + ".lora_B.weight", a.B}};
+    if (a.dora()) out.emplace_back(path + "." + detail::AdapterBank::kMagnitude, a.magnitude);
+    return out;
+  }
   std::vector<torch::Tensor> select(bool a_side) const {
     std::vector<torch::Tensor> out;
     for (const auto& l : layers_) out.push_back(a_side ? adapter(l).A : adapter(l).B);
@@ -241,7 +220,7 @@ class Adapters {
   }
 
   std::string name_;
-  std::vector<detail::AdaptedLayer> layers_;
+  std::vector<detail::Layer> layers_;
   std::vector<LayerInfo> infos_;
   std::vector<std::pair<std::string, torch::Tensor>> kept_;
   int64_t model_parameters_ = 0;

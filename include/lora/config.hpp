@@ -30,9 +30,12 @@ struct Config {
   std::vector<std::string> targets = {"all-linear"};
   /// Layers to leave out, in the same syntax (a pattern that matches no layer is an error).
   std::vector<std::string> exclude;
-  /// With "all-linear": also adapt the output head? PEFT's "all-linear" leaves it out; the
-  /// seed study adapts it. A head is a layer whose last path component is in output_heads.
-  bool adapt_output_head = true;
+  /// With "all-linear": also adapt the output head? Off by default, as PEFT's "all-linear": the
+  /// head maps to the task's labels or vocabulary, is often new (trained from scratch, better
+  /// kept fully trainable with keep_trainable) or tied to the input embedding. Turn it on to give
+  /// the head a low-rank update too. A head is a layer whose last path component is in
+  /// output_heads.
+  bool adapt_output_head = false;
   std::vector<std::string> output_heads = {"lm_head", "classifier", "score"};
 
   /// Modules whose own parameters stay trainable although they get no adapter (PEFT's
@@ -41,8 +44,9 @@ struct Config {
   /// Freeze every parameter that is not an adapter's or kept trainable (the usual LoRA setup).
   bool freeze_base = true;
   /// rank > min(in, out) of a layer is an error unless this is set. Such an adapter works
-  /// (B A then has rank min(in, out)) but wastes parameters; PEFT allows it silently, and the
-  /// seed study relies on it (r up to 128 on its 768 -> 4 classifier). Never for PiSSA/OLoRA.
+  /// (B A then has rank min(in, out)) but wastes parameters; PEFT allows it silently, and one
+  /// rank for every layer of a model with a small head (r = 128 on a 768 -> 4 classifier)
+  /// needs it. Never for PiSSA/OLoRA, whose init needs r singular directions.
   bool allow_rank_above_min = false;
 
   Init init = init::uniform_zero();
@@ -68,10 +72,10 @@ struct Config {
   void validate() const {
     if (rank <= 0)
       throw ConfigError(detail::str("lora::Config: rank must be positive, got ", rank,
-                                    ". Typical values are 4 to 256; the seed study uses 16 to 128."));
+                                    ". Typical values are 4 to 256."));
     if (!std::isfinite(alpha))
       throw ConfigError(detail::str("lora::Config: alpha must be a finite number, got ", alpha,
-                                    ". Typical values: 8, 16, 32; the seed study uses 32."));
+                                    ". Typical values: 8, 16, 32."));
     if (!(dropout >= 0 && dropout < 1))
       throw ConfigError(detail::str("lora::Config: dropout must be in [0, 1), got ", dropout, "."));
     if (targets.empty())

@@ -10,7 +10,9 @@
 #include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "detail/match.hpp"
 #include "error.hpp"
 
 namespace lora {
@@ -36,8 +38,8 @@ struct Init {
 
 namespace init {
 
-/// A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0: PEFT's default (kaiming_uniform with a = sqrt(5))
-/// and the seed study's. The adapter starts as an exact no-op and B = 0 acts as a warm-up.
+/// A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0: PEFT's default (kaiming_uniform with a = sqrt(5)).
+/// The adapter starts as an exact no-op and B = 0 acts as a warm-up.
 inline Init uniform_zero() {
   return {"uniform-zero", [](InitContext& c) {
             const double bound = 1.0 / std::sqrt(static_cast<double>(c.A.size(1)));
@@ -52,12 +54,13 @@ inline Init gaussian_zero() {
           }};
 }
 
-/// A, B ~ N(0, sigma^2). The seed study's failing variant: with sigma = 1 the initial update
-/// s * B A is huge and training collapses to chance. Kept to reproduce that result.
+/// A, B ~ N(0, sigma^2). A known failure, for experiments: with sigma = 1 the initial update
+/// s * B A is huge (the model starts far from the pretrained one) and fine-tuning collapses
+/// to chance accuracy.
 inline Init gaussian_gaussian(double sigma = 1.0) {
   if (!(sigma > 0) || !std::isfinite(sigma))
     throw ConfigError(detail::str("init::gaussian_gaussian: sigma must be a positive finite number, got ",
-                                  sigma, ". Pass e.g. 1.0 (the seed study) or 0.02."));
+                                  sigma, ". Pass e.g. 1.0 or 0.02."));
   return {"gaussian-gaussian(" + std::to_string(sigma) + ")", [sigma](InitContext& c) {
             c.A.normal_(0.0, sigma, c.generator);
             c.B.normal_(0.0, sigma, c.generator);
@@ -103,6 +106,23 @@ inline Init olora() {
 /// Your own rule. `changes_base` must be true if `fn` writes ctx.weight.
 inline Init custom(std::string name, std::function<void(InitContext&)> fn, bool changes_base = false) {
   return {std::move(name), std::move(fn), changes_base};
+}
+
+/// The names by_name() knows, in the order of this file.
+inline const std::vector<std::string>& names() {
+  static const std::vector<std::string> n = {"uniform-zero", "gaussian-zero", "gaussian-gaussian", "pissa", "olora"};
+  return n;
+}
+
+/// The policy called `name` (one of names(); each policy's Init::name, without gaussian-gaussian's
+/// "(sigma)"); `sigma` is gaussian_gaussian's. Throws ConfigError naming the value and the names.
+inline Init by_name(const std::string& name, double sigma = 1.0) {
+  if (name == "uniform-zero") return uniform_zero();
+  if (name == "gaussian-zero") return gaussian_zero();
+  if (name == "gaussian-gaussian") return gaussian_gaussian(sigma);
+  if (name == "pissa") return pissa();
+  if (name == "olora") return olora();
+  throw ConfigError(detail::str("lora::init::by_name: no init policy is called '", name, "'; use one of ", detail::quoted_list(names()), "."));
 }
 
 }  // namespace init

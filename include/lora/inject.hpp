@@ -1,6 +1,7 @@
 // lora::inject(model, config): find the layers to adapt, give each an adapter, freeze the
-// rest, and return the Adapters handle. Works on lora::Linear layers (fast path) and on plain
-// torch::nn::Linear layers of any model (compatibility path, see parametrize.hpp).
+// rest, and return the Adapters handle. Works on lora::Linear layers (the fast path,
+// LayerKind::lora_linear) and on plain torch::nn::Linear layers of any model (the
+// compatibility path, LayerKind::torch_linear; see detail/parametrization.hpp).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -8,68 +9,19 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "adapter.hpp"
 #include "adapters.hpp"
 #include "config.hpp"
 #include "detail/hash.hpp"
+#include "detail/layers.hpp"
 #include "detail/match.hpp"
+#include "model.hpp"
 
 namespace lora {
-
-/// A layer inject() can adapt.
-struct AdaptableLayer {
-  std::string path;
-  std::shared_ptr<LinearImpl> fast;                  ///< set for lora::Linear
-  std::shared_ptr<torch::nn::LinearImpl> plain;     ///< set for torch::nn::Linear
-  int64_t in_features() const { return fast ? fast->options.in_features() : plain->options.in_features(); }
-  int64_t out_features() const { return fast ? fast->options.out_features() : plain->options.out_features(); }
-};
-
-namespace detail {
-/// True for the modules the library itself registers (adapter holders, parametrizations).
-inline bool is_internal_path(const std::string& path) {
-  for (const char* part : {"lora_A", "lora_B", AdapterBank::kMagnitude, WeightParametrizationImpl::kChildName}) {
-    const std::string p = part;
-    if (path == p || path.rfind(p + ".", 0) == 0 || path.find("." + p) != std::string::npos) return true;
-  }
-  return false;
-}
-
-/// Every module path of the model except the library's own, in registration order.
-inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> user_modules(torch::nn::Module& model) {
-  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
-  for (const auto& item : model.named_modules(/*name_prefix=*/"", /*include_self=*/false))
-    if (!is_internal_path(item.key())) out.emplace_back(item.key(), item.value());
-  return out;
-}
-}  // namespace detail
-
-/// model.parameters() with tied tensors (one tensor under two names, e.g. GPT-2's wte and
-/// lm_head) listed once: what to count, and what to give a full fine-tuning optimizer, which
-/// would otherwise update a tied tensor twice per step.
-inline std::vector<torch::Tensor> unique_parameters(const torch::nn::Module& model) {
-  std::vector<torch::Tensor> out;
-  std::set<const void*> seen;
-  for (const auto& p : model.parameters())
-    if (seen.insert(p.unsafeGetTensorImpl()).second) out.push_back(p);
-  return out;
-}
-
-/// Every lora::Linear and torch::nn::Linear in `model` (each module once, under its first path).
-inline std::vector<AdaptableLayer> adaptable_layers(torch::nn::Module& model) {
-  std::vector<AdaptableLayer> out;
-  std::set<const torch::nn::Module*> seen;
-  for (const auto& [path, module] : detail::user_modules(model)) {
-    if (!seen.insert(module.get()).second) continue;
-    if (auto f = std::dynamic_pointer_cast<LinearImpl>(module)) out.push_back({path, f, nullptr});
-    else if (auto p = std::dynamic_pointer_cast<torch::nn::LinearImpl>(module)) out.push_back({path, nullptr, p});
-  }
-  return out;
-}
 
 /// Adds the adapter described by `config` to the layers it selects, freezes every other
 /// parameter (unless config.freeze_base is false), and returns the handle. Checks everything
@@ -77,7 +29,7 @@ inline std::vector<AdaptableLayer> adaptable_layers(torch::nn::Module& model) {
 inline Adapters inject(torch::nn::Module& model, const Config& config) {
   config.validate();
   const auto modules = detail::user_modules(model);
-  const auto layers = adaptable_layers(model);
+  const auto layers = detail::layers_of(model);
   std::vector<std::string> all_paths, layer_paths;
   for (const auto& m : modules) all_paths.push_back(m.first);
   for (const auto& l : layers) layer_paths.push_back(l.path);
@@ -125,7 +77,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
       if (last == h) return true;
     return false;
   };
-  std::vector<const AdaptableLayer*> chosen;
+  std::vector<const detail::Layer*> chosen;
   for (const auto& l : layers) {
     bool named = false;
     for (const auto& t : targets) named |= t.matches(l.path);
@@ -152,31 +104,8 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
     s.use_dora = config.use_dora;
     s.allow_rank_above_min = config.allow_rank_above_min;
-    const auto limit = std::min(l->in_features(), l->out_features());
-    if (s.rank > limit && (!s.allow_rank_above_min || s.init.changes_base))
-      throw ConfigError(detail::str("lora::inject: rank ", s.rank, " is larger than layer '", l->path, "' allows (",
-                                    l->out_features(), " x ", l->in_features(), ": at most ", limit,
-                                    s.init.changes_base ? " with init '" + s.init.name + "'" : std::string(),
-                                    "). Lower Config::rank, exclude the layer, give it a smaller rank with "
-                                    "rank_pattern[\"", l->path.substr(l->path.rfind('.') + 1),
-                                    "\"], or set Config::allow_rank_above_min."));
-    if (!std::isfinite(s.scale))
-      throw ConfigError(detail::str("lora::inject: scaling '", config.scaling.name, "' gives scale ", s.scale,
-                                    " for layer '", l->path, "' (alpha ", s.alpha, ", rank ", s.rank, ")."));
-    if (l->plain && s.dropout > 0)
-      throw ConfigError(detail::str("lora::inject: layer '", l->path, "' is a plain torch::nn::Linear; its adapter ",
-                                    "re-parametrizes the weight and never sees the input, so LoRA dropout ",
-                                    s.dropout, " cannot be applied. Set Config::dropout = 0 or declare the layer "
-                                    "as lora::Linear."));
-    if (l->plain && s.use_dora)
-      throw ConfigError(detail::str("lora::inject: layer '", l->path, "' is a plain torch::nn::Linear; its adapter ",
-                                    "re-parametrizes the weight and never sees the input, so DoRA (use_dora) cannot ",
-                                    "be applied. Set Config::use_dora = false or declare the layer as lora::Linear."));
-    const auto* bank = l->fast ? &l->fast->adapters : nullptr;
-    if (l->plain)
-      if (auto* c = l->plain->named_children().find(WeightParametrizationImpl::kChildName))
-        bank = &std::dynamic_pointer_cast<WeightParametrizationImpl>(*c)->adapters;
-    if (bank && bank->has(config.adapter_name))
+    detail::check_adapter_spec(s, l->path, l->in_features(), l->out_features(), /*torch_linear=*/!l->lora_linear);
+    if (l->has_adapter(config.adapter_name))
       throw ConfigError(detail::str("lora::inject: layer '", l->path, "' already has an adapter named '",
                                     config.adapter_name, "'. Set Config::adapter_name to add another adapter."));
     specs.push_back(std::move(s));
@@ -197,20 +126,14 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   }
 
   // Apply.
-  std::vector<detail::AdaptedLayer> adapted;
+  std::vector<detail::Layer> adapted;
+  std::vector<LayerInfo> infos;
   for (size_t i = 0; i < chosen.size(); ++i) {
-    const auto* l = chosen[i];
-    detail::AdaptedLayer a;
-    if (l->fast) {
-      a.fast = l->fast;
-      l->fast->add_adapter(config.adapter_name, specs[i], l->path);
-    } else {
-      a.compat = WeightParametrizationImpl::of(l->plain, l->path);
-      a.compat->add_adapter(config.adapter_name, specs[i]);
-    }
-    a.info = {l->path, l->in_features(), l->out_features(), specs[i].rank, specs[i].alpha, specs[i].scale,
-              l->fast ? LayerKind::lora_linear : LayerKind::torch_linear};
-    adapted.push_back(std::move(a));
+    detail::Layer l = *chosen[i];
+    l.add(config.adapter_name, specs[i]);
+    infos.push_back({l.path, l.in_features(), l.out_features(), specs[i].rank, specs[i].alpha, specs[i].scale,
+                     l.lora_linear ? LayerKind::lora_linear : LayerKind::torch_linear});
+    adapted.push_back(std::move(l));
   }
 
   int64_t total = 0;
@@ -218,42 +141,10 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     total += p.numel();
     if (config.freeze_base) p.set_requires_grad(false);
   }
-  Adapters handle(config.adapter_name, std::move(adapted), std::move(kept), total, config);
+  Adapters handle(config.adapter_name, std::move(adapted), std::move(infos), std::move(kept), total, config);
   for (auto& p : handle.parameters()) p.set_requires_grad(true);
   handle.sync();
   return handle;
-}
-
-/// Makes `names` the active adapters of every adapted layer of `model`, in that order (each
-/// layer gets the subset of `names` it has; an empty list deactivates every adapter). Several
-/// adapters active at once add up (DoRA ones rescale the base output, see lora::Linear).
-/// Throws ConfigError, before changing anything, for a name no layer has.
-inline void set_active_adapters(torch::nn::Module& model, const std::vector<std::string>& names) {
-  std::vector<detail::AdaptedLayer> layers;
-  std::set<std::string> seen;
-  for (const auto& l : adaptable_layers(model)) {
-    detail::AdaptedLayer a;
-    if (l.fast) {
-      a.fast = l.fast;
-    } else if (auto* c = l.plain->named_children().find(WeightParametrizationImpl::kChildName)) {
-      a.compat = std::dynamic_pointer_cast<WeightParametrizationImpl>(*c);
-    }
-    if (!a.fast && !a.compat) continue;
-    for (const auto& n : a.bank().names()) seen.insert(n);
-    layers.push_back(std::move(a));
-  }
-  for (const auto& n : names)
-    if (!seen.count(n)) {
-      std::vector<std::string> have(seen.begin(), seen.end());
-      throw ConfigError(detail::str("lora::set_active_adapters: no layer of the model has an adapter named '", n,
-                                    "'; the model has: ", detail::quoted_list(have), "."));
-    }
-  for (const auto& l : layers) {
-    std::vector<std::string> mine;
-    for (const auto& n : names)
-      if (l.bank().has(n)) mine.push_back(n);
-    l.set_active(mine);
-  }
 }
 
 /// inject() for a module holder (a TORCH_MODULE type such as torch::nn::Sequential).

@@ -2,6 +2,8 @@
 // and "bias" (out), so base checkpoints load unchanged) that can carry LoRA adapters:
 //   y = x W^T + b + sum over active adapters of s * (dropout(x) A^T) B^T
 // With no adapter (or adapters disabled) it computes exactly what torch::nn::Linear does.
+// Adapters are added, chosen, merged and removed through its member functions (inject() calls
+// them for you); adapter(name) reads one.
 // A DoRA adapter (AdapterSpec::use_dora) instead contributes (m/n - 1) x W^T + (m/n) s (dropout(x) A^T) B^T,
 // n = ||W + s B A||_row detached, so that alone it gives y = (m/n) (x W^T + s (dropout(x) A^T) B^T) + b
 // (see functional::add_dora).
@@ -19,6 +21,8 @@
 #include <vector>
 
 #include "adapter.hpp"
+#include "detail/adapter_bank.hpp"
+#include "functional.hpp"
 
 namespace lora {
 
@@ -28,7 +32,8 @@ class LinearImpl : public torch::nn::Module {
       : LinearImpl(torch::nn::LinearOptions(in_features, out_features)) {}
   explicit LinearImpl(const torch::nn::LinearOptions& options_) : options(options_) { reset(); }
 
-  /// Creates weight and bias exactly as torch::nn::Linear does (and drops any adapter).
+  /// Creates weight and bias exactly as torch::nn::Linear does. Adapters stay (with their A and
+  /// B as they were); call remove_adapter() first to drop them.
   void reset() {
     weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
     if (options.bias()) {
@@ -50,7 +55,7 @@ class LinearImpl : public torch::nn::Module {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
-    const auto pending = adapters.pending();
+    const auto pending = bank_.pending();
     for (const Adapter* a : pending)
       if (a->dora()) return forward_dora(x, pending);
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
@@ -64,21 +69,39 @@ class LinearImpl : public torch::nn::Module {
     return y;
   }
 
-  /// Adds adapter `name` (see AdapterBank::add). `path` names the layer in error messages.
-  Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
-    return adapters.add(*this, path.empty() ? "lora::Linear" : path, name, spec, weight);
+  /// Adds adapter `name`, created as `spec` says (rank, scale, init, DoRA, ...). `path` names
+  /// the layer in error messages. Throws ConfigError for a spec that does not fit the layer.
+  const Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
+    const auto& where = path.empty() ? std::string("lora::Linear") : path;
+    detail::check_adapter_spec(spec, where, options.in_features(), options.out_features(), /*torch_linear=*/false);
+    return bank_.add(*this, where, name, spec, weight);
   }
-  void remove_adapter(const std::string& name) { adapters.remove(*this, name, weight); }
+  void remove_adapter(const std::string& name) { bank_.remove(*this, name, weight); }
   /// Merges adapter `name` (or every active one) into `weight`; forward() then skips it.
-  void merge(const std::string& name = "") { adapters.merge(weight, name); }
+  void merge(const std::string& name = "") { bank_.merge(weight, name); }
   /// Takes adapter `name` (or every merged one) back out of `weight`.
-  void unmerge(const std::string& name = "") { adapters.unmerge(weight, name); }
-  void set_adapters_enabled(bool on) { adapters.set_enabled(on, weight); }
+  void unmerge(const std::string& name = "") { bank_.unmerge(weight, name); }
+  /// false: forward() is exactly the base layer (merged adapters are unmerged first).
+  void set_adapters_enabled(bool on) { bank_.set_enabled(on, weight); }
+
+  bool has_adapter(const std::string& name) const { return bank_.has(name); }
+  /// Adapter `name`; throws ConfigError, listing the names there are, if there is none.
+  const Adapter& adapter(const std::string& name) const { return bank_.get(name); }
+  /// Every adapter's name, sorted.
+  std::vector<std::string> adapter_names() const { return bank_.names(); }
+  /// The adapters forward() uses, in order (new adapters are active).
+  const std::vector<std::string>& active_adapters() const { return bank_.active(); }
+  void set_active_adapters(const std::vector<std::string>& names) { bank_.set_active(names); }
+  /// Whether forward() adds any adapter on top of `weight` (active, unmerged, enabled).
+  bool has_pending_adapters() const { return !bank_.pending().empty(); }
+  /// The weight forward() effectively uses: `weight` with every pending adapter merged in as
+  /// merge() would, computed on a copy (nothing changes). For exports.
+  torch::Tensor merged_weight() const { return bank_.merged_weight(weight); }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "lora::Linear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
            << ", bias=" << options.bias();
-    for (const auto& kv : adapters.adapters())
+    for (const auto& kv : bank_.adapters())
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
              << (kv.second.dora() ? ", dora" : "") << (kv.second.merged ? ", merged" : "") << ")";
     stream << ")";
@@ -87,7 +110,6 @@ class LinearImpl : public torch::nn::Module {
   torch::nn::LinearOptions options;
   torch::Tensor weight;  ///< (out, in)
   torch::Tensor bias;    ///< (out) or undefined
-  AdapterBank adapters;
 
  private:
   /// forward() when a DoRA adapter is pending: base = x W^T is computed once (no bias), each
@@ -108,6 +130,8 @@ class LinearImpl : public torch::nn::Module {
     }
     return bias.defined() ? y + bias : y;
   }
+
+  detail::AdapterBank bank_;
 };
 
 TORCH_MODULE(Linear);

@@ -1,16 +1,19 @@
-// lora: LoRA for LibTorch. The umbrella header: includes the library, nothing else.
+// lora: LoRA for LibTorch. The umbrella header: includes the library, nothing else. Each line
+// names one concept's header; detail/ holds what users never name.
 #pragma once
 
-#include "adapter.hpp"
-#include "adapters.hpp"
-#include "config.hpp"
-#include "error.hpp"
-#include "init.hpp"
-#include "inject.hpp"
-#include "linear.hpp"
-#include "loraplus.hpp"
-#include "parametrize.hpp"
-#include "peft.hpp"
-#include "safetensors.hpp"
-#include "scaling.hpp"
+#include "adapter.hpp"      // Adapter, AdapterSpec: one adapter on one layer
+#include "adapters.hpp"     // Adapters (the handle inject() returns), LayerInfo, LayerKind
+#include "config.hpp"       // Config: what inject() adapts and how
+#include "error.hpp"        // Error and its subclasses
+#include "functional.hpp"   // add_lora, lora_linear, add_dora: the formulas on tensors
+#include "init.hpp"         // init policies, init::by_name
+#include "inject.hpp"       // inject(model, config)
+#include "io.hpp"           // write_text_atomic, read_json
+#include "linear.hpp"       // lora::Linear, a drop-in for torch::nn::Linear
+#include "loraplus.hpp"     // LoRA+ optimizer groups
+#include "model.hpp"        // unique_parameters, set_active_adapters, merged_state_dict
+#include "peft.hpp"         // PEFT adapter folders both ways
+#include "safetensors.hpp"  // .safetensors files
+#include "scaling.hpp"      // scaling policies, scaling::by_name
 #include "version.hpp"

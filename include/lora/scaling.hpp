@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include "detail/match.hpp"
+#include "error.hpp"
 
 namespace lora {
 
@@ -22,8 +26,8 @@ struct Scaling {
 
 namespace scaling {
 
-/// s = alpha / r (PEFT's default, the blog's and the seed study's). With alpha fixed, the
-/// product s * B A has a rank-independent scale at init, so the optimal LR barely moves with r.
+/// s = alpha / r (PEFT's default and the LoRA paper's). With alpha fixed, the product s * B A
+/// has a rank-independent scale at init, so the optimal LR barely moves with r.
 inline Scaling alpha_over_rank() {
   return {"alpha-over-rank", [](double alpha, int64_t r) { return alpha / static_cast<double>(r); }};
 }
@@ -43,8 +47,8 @@ inline Scaling alpha_over_sqrt_rank() {
   return s;
 }
 
-/// Rank-proportional alpha: alpha = k * r with s = alpha / r, so s = k at every rank (the
-/// seed study's "alpha = 10r" is rank_proportional(10)). The configured alpha is ignored.
+/// Rank-proportional alpha: alpha = k * r with s = alpha / r, so s = k at every rank
+/// ("alpha = 10r" is rank_proportional(10)). The configured alpha is ignored.
 inline Scaling rank_proportional(double k) {
   return {"rank-proportional(" + std::to_string(k) + ")", [k](double, int64_t) { return k; }};
 }
@@ -52,6 +56,22 @@ inline Scaling rank_proportional(double k) {
 /// Your own rule, e.g. custom("half", [](double a, int64_t r) { return a / (2.0 * r); }).
 inline Scaling custom(std::string name, std::function<double(double, int64_t)> fn) {
   return {std::move(name), std::move(fn)};
+}
+
+/// The names by_name() knows: each policy's Scaling::name.
+inline const std::vector<std::string>& names() {
+  static const std::vector<std::string> n = {"alpha-over-rank", "alpha", "alpha-over-sqrt-rank"};
+  return n;
+}
+
+/// The policy called `name` (one of names()); rank_proportional and custom take arguments and
+/// are not looked up by name. Throws ConfigError naming the value and the names.
+inline Scaling by_name(const std::string& name) {
+  if (name == "alpha-over-rank") return alpha_over_rank();
+  if (name == "alpha") return constant_alpha();
+  if (name == "alpha-over-sqrt-rank") return alpha_over_sqrt_rank();
+  throw ConfigError(detail::str("lora::scaling::by_name: no scaling policy is called '", name, "'; use one of ",
+                                detail::quoted_list(names()), "."));
 }
 
 }  // namespace scaling

@@ -411,7 +411,7 @@ TEST_CASE("Loading fills base weights only and leaves LoRA adapters alone", "[mo
                                            models::distilbert_layout(config, 0));
   CHECK(report.missing.empty());
   CHECK(report.loaded.size() == 40);
-  CHECK(torch::equal(q.adapters.get("default").A, A));
+  CHECK(torch::equal(q.adapter("default").A, A));
 }
 
 TEST_CASE("F16 and BF16 checkpoints load into a float32 model", "[models][checkpoint]") {

@@ -216,6 +216,7 @@ TEST_CASE("merged export: a Hub checkpoint that loads back with the adapted outp
     lora::Config cfg;
     cfg.rank = 4;
     cfg.keep_trainable = {"classifier"};
+    cfg.adapt_output_head = true;
     auto a = lora::inject(*m.model, cfg);  // all-linear, head included
     randomize(a, 7);
     m.model->eval();

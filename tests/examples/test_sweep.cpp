@@ -835,3 +835,47 @@ TEST_CASE("sweep: a point claimed by another process is left to it", "[sweep]") 
   CHECK(second.complete);
   cleanup(dir);
 }
+
+TEST_CASE("sweep: a truncated point file stops the sweep, named, and is kept as it is", "[sweep]") {
+  const auto dir = temp_dir("truncated");
+  const auto o = toy_options(dir, {"--lrs", "3e-3", "3e-2", "--ranks", "2"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  sweep::run_sweep(o, task, quiet(sink));
+  const auto file = dir / "points" / "lora_r2_lr3e-02_s3.json";
+  const auto text = lora_test::read_text(file);
+  std::ofstream(file, std::ios::trunc) << text.substr(0, text.size() / 2);
+  ToyTask again(o);
+  const auto e = error_of([&] { sweep::run_sweep(o, again, quiet(sink)); });
+  CHECK(contains(e, file.string()));
+  CHECK(contains(e, "not a valid point file"));
+  CHECK(again.runs == 0);
+  CHECK(lora_test::read_text(file) == text.substr(0, text.size() / 2));  // not overwritten
+  cleanup(dir);
+}
+
+TEST_CASE("sweep: an --out that cannot be written stops the sweep before training", "[sweep]") {
+  if (::geteuid() == 0) {
+    // root writes through permission bits: use a path below a regular file instead.
+    const auto dir = temp_dir("unwritable");
+    std::ofstream(dir / "file") << "x";
+    const auto o = toy_options(dir / "file" / "out", {"--lrs", "3e-3", "--ranks", "2"});
+    std::ostringstream sink;
+    ToyTask task(o);
+    CHECK(!error_of<std::exception>([&] { sweep::run_sweep(o, task, quiet(sink)); }).empty());
+    CHECK(task.runs == 0);
+    cleanup(dir);
+    return;
+  }
+  const auto dir = temp_dir("readonly");
+  fs::create_directories(dir / "points");
+  fs::permissions(dir / "points", fs::perms::owner_read | fs::perms::owner_exec);
+  const auto o = toy_options(dir, {"--lrs", "3e-3", "--ranks", "2"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  const auto e = error_of([&] { sweep::run_sweep(o, task, quiet(sink)); });
+  CHECK(contains(e, "cannot create"));
+  CHECK(task.runs == 0);
+  fs::permissions(dir / "points", fs::perms::owner_all);
+  cleanup(dir);
+}

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "support.hpp"
+#include "reference.hpp"
 
 #if __has_include("../../examples/common/models/distilbert.hpp")
 #include "../../examples/common/models/distilbert.hpp"
@@ -49,7 +50,7 @@ std::vector<torch::Tensor> grads_of(const torch::Tensor& y, const torch::Tensor&
 
 void check_case(const Case& c, double tol, const std::string& what) {
   auto y = lora::functional::lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale);
-  auto ref = lora::functional::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale);
+  auto ref = lora_test::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale);
   REQUIRE(y.sizes() == ref.sizes());
   REQUIRE(lora_test::allclose(y, ref, tol, tol, what + " forward"));
   auto G = torch::randn_like(ref);
@@ -85,8 +86,8 @@ TEST_CASE("fused lora_linear equals the unfused formula, forward and gradients (
 TEST_CASE("fused lora_linear: the thin path and the merged-weight path both equal the formula", "[fused]") {
   torch::manual_seed(21);
   // 32 x 32: the merged weight pays from 16 rows on.
-  REQUIRE_FALSE(lora::functional::impl::merge_pays(15, 32, 32));
-  REQUIRE(lora::functional::impl::merge_pays(16, 32, 32));
+  REQUIRE_FALSE(lora::detail::merge_pays(15, 32, 32));
+  REQUIRE(lora::detail::merge_pays(16, 32, 32));
   for (int64_t rows : {1, 3, 15, 16, 40, 200}) {
     check_case(make_case({rows, 32}, 32, 4, true, torch::kDouble), 1e-10, "rows " + std::to_string(rows));
     check_case(make_case({rows, 32}, 32, 4, false, torch::kDouble, true, false), 1e-10,
@@ -156,7 +157,7 @@ TEST_CASE("fused lora_linear with a dropout mask equals the formula on the dropp
   auto mask = (torch::rand({3, 5, 10}) > 0.3).to(torch::kDouble);
   const double p = 0.3;
   auto y = lora::functional::lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale, p, true, mask);
-  auto ref = lora::functional::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale, c.x * mask / (1 - p));
+  auto ref = lora_test::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale, c.x * mask / (1 - p));
   REQUIRE(lora_test::allclose(y, ref, 1e-10, 1e-10, "masked forward"));
   auto G = torch::randn_like(ref);
   const std::vector<torch::Tensor> leaves = {c.x, c.W, c.b, c.A, c.B};
@@ -168,7 +169,7 @@ TEST_CASE("fused lora_linear with a dropout mask equals the formula on the dropp
   auto b = lora::functional::lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale, 0.5, true);
   REQUIRE_FALSE(torch::allclose(a, b));
   auto e = lora::functional::lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale, 0.5, false);
-  REQUIRE(lora_test::allclose(e, lora::functional::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale), 1e-10,
+  REQUIRE(lora_test::allclose(e, lora_test::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale), 1e-10,
                               1e-10, "eval mode ignores p"));
 }
 
@@ -178,7 +179,7 @@ TEST_CASE("fused lora_linear without autograd equals the formula", "[fused]") {
   torch::NoGradGuard no_grad;
   auto y = lora::functional::lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale);
   REQUIRE_FALSE(y.requires_grad());
-  REQUIRE(lora_test::allclose(y, lora::functional::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale), 1e-5, 1e-5,
+  REQUIRE(lora_test::allclose(y, lora_test::lora_linear_reference(c.x, c.W, c.b, c.A, c.B, c.scale), 1e-5, 1e-5,
                               "no-grad forward"));
 }
 
@@ -189,7 +190,7 @@ TEST_CASE("fused lora_linear accepts non-contiguous inputs and gradients", "[fus
   auto W = torch::randn({6, 10}, torch::kDouble), b = torch::randn({6}, torch::kDouble);
   auto A = torch::randn({3, 10}, torch::kDouble).requires_grad_(), B = torch::randn({6, 3}, torch::kDouble).requires_grad_();
   auto y = lora::functional::lora_linear(x, W, b, A, B, 0.5);
-  auto ref = lora::functional::lora_linear_reference(x, W, b, A, B, 0.5);
+  auto ref = lora_test::lora_linear_reference(x, W, b, A, B, 0.5);
   REQUIRE(lora_test::allclose(y, ref, 1e-10, 1e-10, "non-contiguous x"));
   // A non-contiguous upstream gradient (through a transpose of the output).
   auto G = torch::randn({6, 2, 5}, torch::kDouble);
@@ -227,16 +228,16 @@ TEST_CASE("lora::Linear with one, two and merged adapters equals the formula, fo
   auto x = torch::randn({3, 4, 12}, torch::kDouble).requires_grad_();
   auto G = torch::randn({3, 4, 10}, torch::kDouble);
 
-  l->adapters.set_active({"a"});
-  auto ref1 = lora::functional::lora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.scale);
+  l->set_active_adapters({"a"});
+  auto ref1 = lora_test::lora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.scale);
   auto y1 = l(x);
   REQUIRE(lora_test::allclose(y1, ref1, 1e-10, 1e-10, "one adapter"));
   auto g1 = torch::autograd::grad({(y1 * G).sum()}, {x, a.A, a.B});
   auto r1 = torch::autograd::grad({(ref1 * G).sum()}, {x, a.A, a.B});
   for (size_t i = 0; i < g1.size(); ++i) REQUIRE(lora_test::allclose(g1[i], r1[i], 1e-10, 1e-10, "one adapter grad"));
 
-  l->adapters.set_active({"a", "b"});
-  auto ref2 = lora::functional::lora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.scale) +
+  l->set_active_adapters({"a", "b"});
+  auto ref2 = lora_test::lora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.scale) +
               b.scale * torch::matmul(torch::matmul(x, b.A.t()), b.B.t());
   auto y2 = l(x);
   REQUIRE(lora_test::allclose(y2, ref2, 1e-10, 1e-10, "two adapters"));

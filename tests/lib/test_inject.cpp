@@ -78,11 +78,13 @@ void copy_weights(torch::nn::Module& from, torch::nn::Module& to) {
   }
 }
 
+/// "all-linear" with the output head (the classifier) adapted too.
 lora::Config config(int64_t r = 4) {
   lora::Config c;
   c.rank = r;
   c.alpha = 8;
   c.seed = 3;
+  c.adapt_output_head = true;
   return c;
 }
 
@@ -357,10 +359,11 @@ TEST_CASE("targets: names, suffixes, regex, all-linear without the head, exclude
     cfg.targets = {"re:layer\\.[0-9]+\\.lin[12]"};
     REQUIRE(paths(lora::inject(net, cfg)).size() == 4);
   }
-  SECTION("all-linear without the output head") {
+  SECTION("all-linear without the output head, the default") {
     FastNet net;
     auto cfg = config();
-    cfg.adapt_output_head = false;
+    cfg.adapt_output_head = lora::Config().adapt_output_head;
+    REQUIRE_FALSE(cfg.adapt_output_head);
     auto p = paths(lora::inject(net, cfg));
     REQUIRE(p.size() == 8);
     REQUIRE(std::find(p.begin(), p.end(), "classifier") == p.end());
@@ -545,4 +548,32 @@ TEST_CASE("rank above min(in, out) only when allowed, never for PiSSA/OLoRA", "[
   REQUIRE(torch::equal(net->forward(x), base));
   // The seed study's count: r (in + out) per layer, also where r > out.
   CHECK(a.trainable_parameter_count() == 8 * (2 * ((16 + 16) * 2 + (16 + 32) + (32 + 16)) + (16 + 4)));
+}
+
+TEST_CASE("merged_state_dict: the base parameters with the adapters merged in, model unchanged", "[inject][merged]") {
+  for (int kind = 0; kind < 2; ++kind) {
+    INFO((kind ? "plain" : "fast"));
+    torch::manual_seed(21);
+    PlainNet plain;
+    FastNet fast;
+    torch::nn::Module& net = kind ? static_cast<torch::nn::Module&>(*plain) : *fast;
+    auto cfg = config();
+    cfg.targets = {"q_lin", "lin2"};
+    auto a = lora::inject(net, cfg);
+    randomize_b(a);
+    const auto merged = lora::merged_state_dict(net);
+    for (const auto& item : merged) CHECK(item.key().find("lora_") == std::string::npos);
+    std::map<std::string, torch::Tensor> before;
+    for (const auto& p : net.named_parameters()) before[p.key()] = p.value().detach().clone();
+    a.merge();
+    for (const auto& p : net.named_parameters()) {
+      if (p.key().find("lora_") != std::string::npos) continue;
+      INFO(p.key());
+      REQUIRE(merged.contains(p.key()));
+      CHECK(lora_test::allclose(merged[p.key()], p.value(), 1e-6, 1e-6, "merged_state_dict vs merge()"));
+    }
+    a.unmerge();
+    // Nothing changed: unmerged, the weights are the ones before (within float rounding).
+    for (const auto& [k, t] : before) CHECK(lora_test::allclose(net.named_parameters()[k], t, 1e-6, 1e-6, "unchanged"));
+  }
 }

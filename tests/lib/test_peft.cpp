@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "support.hpp"
+#include "reference.hpp"
 
 namespace {
 
@@ -524,16 +525,16 @@ TEST_CASE("DoRA: m starts at the row norms, so the output is unchanged at step 0
   auto spec = dora_spec();
   spec.init = lora::init::gaussian_gaussian(0.1);
   auto& ag = g->add_adapter("default", spec);
-  const auto lora_out = lora::functional::lora_linear_reference(x, g->weight, g->bias, ag.A, ag.B, ag.scale);
+  const auto lora_out = lora_test::lora_linear_reference(x, g->weight, g->bias, ag.A, ag.B, ag.scale);
   CHECK(lora_test::allclose(g(x), lora_out, 1e-5, 1e-5, "DoRA at init (B != 0) = LoRA"));
 }
 
 TEST_CASE("DoRA: forward equals the unfused formula, gradients reach m, A and B but not the norm", "[dora]") {
   auto l = dora_layer();
-  const auto& a = l->adapters.get("default");
+  const auto& a = l->adapter("default");
   auto x = torch::randn({4, 3, 12});
   const auto y = l(x);
-  const auto ref = lora::functional::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale);
+  const auto ref = lora_test::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale);
   REQUIRE(lora_test::allclose(y, ref, 1e-5, 1e-5, "fused vs unfused"));
   // By hand: (m / ||W + s B A||_row) * (x (W + s B A)^T) + b.
   auto W1 = l->weight + a.scale * a.B.mm(a.A);
@@ -543,7 +544,7 @@ TEST_CASE("DoRA: forward equals the unfused formula, gradients reach m, A and B 
   // Gradients: the same as the reference's (whose norm is detached), and dL/dm by hand.
   const auto g = torch::randn_like(y);
   auto grads = torch::autograd::grad({(y * g).sum()}, {a.magnitude, a.A, a.B});
-  auto ref2 = lora::functional::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale);
+  auto ref2 = lora_test::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale);
   auto rgrads = torch::autograd::grad({(ref2 * g).sum()}, {a.magnitude, a.A, a.B});
   CHECK(lora_test::allclose(grads[0], rgrads[0], 1e-5, 1e-5, "dL/dm"));
   CHECK(lora_test::allclose(grads[1], rgrads[1], 1e-5, 1e-5, "dL/dA"));
@@ -560,15 +561,15 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
   const auto W0 = l->weight.detach().clone();
   const auto y = l(x).detach();
   l->merge();
-  CHECK(l->adapters.get("default").merged);
+  CHECK(l->adapter("default").merged);
   CHECK(lora_test::allclose(l(x), y, 1e-5, 1e-5, "merged"));
-  CHECK(lora_test::allclose(l->adapters.merged_weight(l->weight), l->weight, 0, 0, "nothing pending once merged"));
+  CHECK(lora_test::allclose(l->merged_weight(), l->weight, 0, 0, "nothing pending once merged"));
   l->unmerge();
   CHECK(lora_test::allclose(l->weight, W0, 1e-6, 1e-6, "unmerged weight"));
   CHECK(lora_test::allclose(l(x), y, 1e-5, 1e-5, "unmerged"));
   // merged_weight() computes the merge on a copy.
   const auto W1 = l->weight.detach().clone();
-  const auto Wm = l->adapters.merged_weight(l->weight);
+  const auto Wm = l->merged_weight();
   CHECK(torch::equal(l->weight, W1));
   CHECK(lora_test::allclose(torch::matmul(x, Wm.t()) + l->bias, y, 1e-5, 1e-5, "merged_weight"));
 
@@ -586,8 +587,8 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
   l->merge("plain");
   CHECK(lora_test::allclose(l(x), y2, 1e-4, 1e-4, "both merged"));
   l->unmerge("default");
-  CHECK_FALSE(l->adapters.get("default").merged);
-  CHECK(l->adapters.get("plain").merged);
+  CHECK_FALSE(l->adapter("default").merged);
+  CHECK(l->adapter("plain").merged);
   CHECK(lora_test::allclose(l->weight, W0 + p.delta_weight(), 1e-5, 1e-5, "W0 + plain's delta"));
   l->set_adapters_enabled(false);
   CHECK(lora_test::allclose(l->weight, W0, 1e-5, 1e-5, "disabled: the base weight back"));
@@ -598,7 +599,7 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
 
 TEST_CASE("DoRA with dropout: one base matmul, dropout on the LoRA branch only", "[dora]") {
   auto l = dora_layer(0.5);
-  const auto& a = l->adapters.get("default");
+  const auto& a = l->adapter("default");
   auto x = torch::randn({8, 12});
   const double p = 0.5;
   // The functional form with a given mask equals the reference on x * mask / (1 - p).
@@ -606,7 +607,7 @@ TEST_CASE("DoRA with dropout: one base matmul, dropout on the LoRA branch only",
   const auto base = torch::matmul(x, l->weight.t());
   const auto got = lora::functional::add_dora(base, x, l->weight, a.A, a.B, a.magnitude, a.scale, p, true, mask) + l->bias;
   const auto ref =
-      lora::functional::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale, x * mask / (1 - p));
+      lora_test::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale, x * mask / (1 - p));
   CHECK(lora_test::allclose(got, ref, 1e-5, 1e-5, "functional with mask"));
   // The layer in training mode draws its mask with the global generator, first thing.
   l->train();
@@ -615,11 +616,11 @@ TEST_CASE("DoRA with dropout: one base matmul, dropout on the LoRA branch only",
   torch::manual_seed(99);
   const auto dropped = torch::dropout(x, p, true);
   const auto ref_train =
-      lora::functional::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale, dropped);
+      lora_test::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale, dropped);
   CHECK(lora_test::allclose(y, ref_train, 1e-5, 1e-5, "layer in training mode"));
   // Eval mode: no dropout.
   l->eval();
-  CHECK(lora_test::allclose(l(x), lora::functional::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale),
+  CHECK(lora_test::allclose(l(x), lora_test::dora_linear_reference(x, l->weight, l->bias, a.A, a.B, a.magnitude, a.scale),
                             1e-5, 1e-5, "eval"));
 }
 

@@ -116,3 +116,17 @@ TEST_CASE("a custom init policy", "[policy][init]") {
   lora::Linear m(6, 4);
   REQUIRE_THROWS_AS(m->add_adapter("default", spec(2, 1, bad)), lora::ConfigError);
 }
+
+TEST_CASE("policies by name: every name round-trips, an unknown one lists the names", "[policies][by_name]") {
+  for (const auto& n : lora::scaling::names()) CHECK(lora::scaling::by_name(n).name == n);
+  for (const auto& n : lora::init::names()) CHECK(lora::init::by_name(n).name.rfind(n, 0) == 0);
+  CHECK(lora::init::by_name("gaussian-gaussian", 0.5).name == lora::init::gaussian_gaussian(0.5).name);
+  using lora_test::contains;
+  using lora_test::error_of;
+  const auto s = error_of<lora::ConfigError>([] { lora::scaling::by_name("alpha_over_rank"); });
+  CHECK(contains(s, "'alpha_over_rank'"));
+  CHECK(contains(s, "'alpha-over-rank'"));
+  const auto i = error_of<lora::ConfigError>([] { lora::init::by_name("kaiming"); });
+  CHECK(contains(i, "'kaiming'"));
+  CHECK(contains(i, "'pissa'"));
+}

@@ -25,8 +25,6 @@
 //    per-batch or per-block means (models::causal_lm_nll_sum() and TokenNll::perplexity()).
 #pragma once
 
-#include <torch/torch.h>
-
 #include <lora/error.hpp>
 
 #include <algorithm>

@@ -9,11 +9,9 @@
 
 #include <torch/torch.h>
 
-#include <lora/adapter.hpp>
 #include <lora/error.hpp>
-#include <lora/inject.hpp>
-#include <lora/linear.hpp>
-#include <lora/parametrize.hpp>
+#include <lora/io.hpp>
+#include <lora/model.hpp>
 #include <lora/peft.hpp>
 #include <lora/safetensors.hpp>
 #include <nlohmann/json.hpp>
@@ -64,40 +62,30 @@ struct ExportLayout {
   bool can_untie = false;  ///< whether the model can be written with tie_word_embeddings false
 };
 
-/// Each adapted layer's weight as forward() uses it (pending adapters merged, on a copy), by
-/// the weight's parameter name.
-inline std::map<std::string, torch::Tensor> merged_weights(torch::nn::Module& model) {
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& l : lora::adaptable_layers(model)) {
-    if (l.fast) {
-      if (!l.fast->adapters.pending().empty()) out[l.path + ".weight"] = l.fast->adapters.merged_weight(l.fast->weight);
-    } else if (auto* c = l.plain->named_children().find(lora::WeightParametrizationImpl::kChildName)) {
-      auto p = std::dynamic_pointer_cast<lora::WeightParametrizationImpl>(*c);
-      if (p && !p->adapters.pending().empty()) out[l.path + ".weight"] = p->adapters.merged_weight(p->base_weight());
-    }
-  }
-  return out;
-}
-
 /// The base tensors of `model` (no adapter tensors), merged, named as in HF. A tensor registered
 /// under two names (a tied head) is written under its first name only (the embedding, as HF
 /// does), unless merging untied the two.
 inline torch::OrderedDict<std::string, torch::Tensor> merged_state(torch::nn::Module& model, const ExportLayout& layout,
                                                                    ExportReport& report) {
   using lora::detail::str;
-  const auto merged = merged_weights(model);
-  for (const auto& kv : merged) report.merged.push_back(kv.first.substr(0, kv.first.size() - 7));
+  const auto merged = lora::merged_state_dict(model);  // adapter tensors left out
   torch::OrderedDict<std::string, torch::Tensor> out;
   std::map<const void*, std::string> first_name;  // TensorImpl -> first parameter name
+  std::set<std::string> merged_keys;              // weights that carry merged adapters
+  for (const auto& p : model.named_parameters(/*recurse=*/true))
+    if (const auto* t = merged.find(p.key()); t && t->data_ptr() != p.value().data_ptr()) {
+      merged_keys.insert(p.key());
+      report.merged.push_back(p.key().substr(0, p.key().size() - 7));
+    }
   for (const auto& p : model.named_parameters(/*recurse=*/true)) {
     const std::string& k = p.key();
-    if (lora::detail::is_internal_path(k)) continue;  // lora_A / lora_B / magnitudes
+    if (!merged.contains(k)) continue;  // lora_A / lora_B / magnitudes
     const void* impl = p.value().unsafeGetTensorImpl();
-    const auto m = merged.find(k);
+    const bool is_merged = merged_keys.count(k) > 0;
     const auto seen = first_name.find(impl);
     if (seen != first_name.end()) {
       // A tied tensor: HF writes it once unless it no longer is one tensor.
-      const bool differs = m != merged.end() || merged.count(seen->second);
+      const bool differs = is_merged || merged_keys.count(seen->second);
       if (!differs) continue;
       if (!layout.can_untie)
         throw lora::Error(str(layout.architecture, " merged export: '", k, "' and '", seen->second,
@@ -107,7 +95,7 @@ inline torch::OrderedDict<std::string, torch::Tensor> merged_state(torch::nn::Mo
     } else {
       first_name.emplace(impl, k);
     }
-    torch::Tensor t = m != merged.end() ? m->second : p.value().detach();
+    torch::Tensor t = merged[k];
     if (layout.transposed && layout.transposed(k) && t.dim() == 2) t = t.t();
     out.insert(k, t.contiguous());
   }
@@ -147,7 +135,7 @@ inline void write_checkpoint(const std::string& dir, const torch::OrderedDict<st
   fs::create_directories(dir, ec);
   if (ec) throw lora::FileError(lora::detail::str("merged export: cannot create folder '", dir, "': ", ec.message()));
   lora::safetensors::save((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
-  lora::peft::detail::write_text_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
+  lora::write_text_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n", "config.json");
 }
 
 inline nlohmann::json labels_json(int64_t n, bool id_to_label) {

@@ -126,11 +126,20 @@ class ConfigReader {
 
   const std::string& path() const { return path_; }
 
-  /// An integer >= `min`.
+  /// The largest size or id a config may give: 2^40 (no model has a dimension near it), so that
+  /// sizes multiplied together (4 * n_embd, ...) cannot overflow int64_t. Fuzzing found
+  /// "n_embd": 9223372036854775807 overflowing 4 * n_embd (GPT-2's default n_inner).
+  static constexpr int64_t kMaxInteger = int64_t{1} << 40;
+
+  /// An integer in [min, kMaxInteger].
   int64_t integer(const char* field, int64_t fallback, int64_t min = 1) const {
     const auto* v = find(field);
     if (!v) return fallback;
-    if (!v->is_number_integer() || v->get<int64_t>() < min) fail(field, *v, str("an integer >= ", min), str(fallback));
+    const bool ok = v->is_number_unsigned() ? v->get<uint64_t>() <= static_cast<uint64_t>(kMaxInteger)
+                                              && v->get<int64_t>() >= min
+                                            : v->is_number_integer() && v->get<int64_t>() >= min &&
+                                                  v->get<int64_t>() <= kMaxInteger;
+    if (!ok) fail(field, *v, str("an integer in [", min, ", ", kMaxInteger, "]"), str(fallback));
     return v->get<int64_t>();
   }
 

@@ -21,8 +21,9 @@
 //               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
 //               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
 // }
-// Resuming: a point whose file exists (and parses) is done and skipped; its settings must
-// equal this run's, or the sweep stops rather than mix two experiments in one --out.
+// Resuming: a point whose file exists is done and skipped; its settings must equal this
+// run's, or the sweep stops rather than mix two experiments in one --out. A file that does not
+// parse stops the sweep too, naming it (never overwritten, never counted as done).
 // A point trains only while this process holds its claim (out/locks/<key>.lock, claim.hpp),
 // so two processes on one --out never train the same point; a leftover "<key>.json.tmp.<pid>"
 // (a process killed while writing) is removed once the point is claimed. A NaN or infinite
@@ -59,6 +60,7 @@
 
 #include "perf/allocator.hpp"
 #include "perf/blas.hpp"
+#include "errors.hpp"
 
 #include "claim.hpp"
 #include "grid.hpp"
@@ -212,6 +214,7 @@ inline fs::path lock_path(const Options& o, const Point& p) { return locks_dir(o
 
 /// The settings that determine point `p`'s numbers (see the header comment).
 inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
+  const TrainSettings t;  // run_point trains with these optimizer settings: record what it uses
   nlohmann::json s = {{"task", task.name()},
                       {"model", task.model_name()},
                       {"method", p.method},
@@ -223,7 +226,7 @@ inline nlohmann::json point_settings(const Options& o, const Task& task, const P
                       {"val_size", o.val_size},
                       {"max_len", o.max_len},
                       {"optimizer",
-                       {{"name", "AdamW"}, {"betas", {0.9, 0.999}}, {"eps", 1e-8}, {"weight_decay", 0.001},
+                       {{"name", "AdamW"}, {"betas", {t.beta1, t.beta2}}, {"eps", t.eps}, {"weight_decay", t.weight_decay},
                         {"schedule", "constant"}, {"warmup_steps", 0}, {"grad_clip", nullptr}}},
                       {"extra", p.extra}};
   if (p.is_full()) return s;
@@ -267,17 +270,22 @@ inline std::string settings_diff(const nlohmann::json& here, const nlohmann::jso
   return out;
 }
 
-/// The finished record of `p` in --out, if any. Throws when it was made with other settings;
-/// an unreadable file (never written by this engine) is reported and treated as not done.
-inline std::optional<RunRecord> load_done(const Options& o, const Task& task, const Point& p, std::ostream& log) {
+/// The finished record of `p` in --out, if any. Throws when it was made with other settings,
+/// and when it does not parse as a point file (the engine writes whole files only, so such a
+/// file was truncated or edited elsewhere: it is neither counted as done nor overwritten).
+inline std::optional<RunRecord> load_done(const Options& o, const Task& task, const Point& p) {
   const auto path = point_path(o, p);
   std::error_code ec;
   if (!fs::exists(path, ec)) return std::nullopt;
   const auto doc = read_json(path);
-  if (!doc || !doc->contains("settings") || !doc->contains("results")) {
-    log << "warning: " << path.string() << " is not a valid point file; the point will run again and replace it.\n";
-    return std::nullopt;
-  }
+  const auto refuse = [&](const std::string& why) {
+    return lora::FileError("'" + path.string() + "' is not a valid point file (" + why +
+                           "): truncated or edited by hand? The sweep neither counts it as done nor overwrites it. "
+                           "Move it out of " + points_dir(o).string() + " to rerun point " + key(p) +
+                           ", or restore it from version control.");
+  };
+  if (!doc) throw refuse("not valid JSON");
+  if (!doc->contains("settings") || !doc->contains("results")) throw refuse("no \"settings\" or \"results\"");
   const auto expected = point_settings(o, task, p);
   if (doc->at("settings") != expected)
     throw lora::Error("'" + path.string() + "' holds point " + key(p) + " made with other settings (" +
@@ -285,9 +293,8 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
                       "). Use another --out for this experiment, or delete the file to rerun the point.");
   try {
     return record_from_json(*doc, task.metric().key);
-  } catch (const nlohmann::json::exception& e) {
-    log << "warning: " << path.string() << " lacks a field (" << e.what() << "); the point will run again.\n";
-    return std::nullopt;
+  } catch (const std::exception& e) {  // nlohmann::json::exception, or lora::Error for bad numbers
+    throw refuse(std::string("a field is missing or of the wrong type: ") + e.what());
   }
 }
 
@@ -391,7 +398,7 @@ inline bool write_report(const Options& o, const Task& task, const std::vector<P
   std::set<std::string> grid_files;
   for (const auto& p : grid) {
     grid_files.insert(key(p) + ".json");
-    if (auto r = load_done(o, task, p, *hooks.log)) records.push_back(std::move(*r));
+    if (auto r = load_done(o, task, p)) records.push_back(std::move(*r));
     else missing.push_back(key(p));
   }
   std::error_code ec;
@@ -456,12 +463,11 @@ inline PointsRun run_points(const Options& o, Task& task, const std::vector<Poin
     if (const auto blas = perf::blas_check(); blas.slow()) reporter.note(blas.warning);
   task.prepare();
   const int64_t steps = o.epochs * task.steps_per_epoch();
-  std::ostringstream ignored;
   for (size_t i = 0; i < todo.size() && !r.stopped; ++i) {
     const auto& p = todo[i];
     const auto claim = PointClaim::try_claim(lock_path(o, p));
     if (!claim) continue;                        // another process is training it
-    if (load_done(o, task, p, ignored)) continue;  // another process finished it meanwhile
+    if (load_done(o, task, p)) continue;  // another process finished it meanwhile
     // Ours now: a "<key>.json.tmp.<pid>" beside it was left by a process killed while writing.
     if (remove_stale_tmp(points_dir(o), {key(p) + ".json"}) > 0)
       reporter.note("removed an unfinished temporary file of " + key(p) + " left by an interrupted run");
@@ -502,10 +508,14 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
   }
   const auto device = device_of(o);
   fs::create_directories(detail::points_dir(o));
+  // A read-only or full --out fails here, before any training, not after the first point.
+  const auto probe = detail::points_dir(o) / ".write-test";
+  detail::write_atomic(probe, "ok\n");
+  fs::remove(probe);
 
   std::vector<Point> todo;
   for (const auto& p : mine)
-    if (!detail::load_done(o, task, p, *hooks.log)) todo.push_back(p);
+    if (!detail::load_done(o, task, p)) todo.push_back(p);
   outcome.skipped = mine.size() - todo.size();
   *hooks.log << task.name() << ": " << grid.size() << " grid points";
   if (o.sharded) *hooks.log << ", " << mine.size() << " in shard " << o.shard.index << "/" << o.shard.count;
@@ -590,7 +600,7 @@ inline int program_main(int argc, const char* const argv[], const ProgramSpec& s
     std::cerr << spec.name << ": " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << spec.name << ": error: " << e.what() << "\n";
+    std::cerr << spec.name << ": error: " << errors::message(e) << "\n";
     return 1;
   }
 }

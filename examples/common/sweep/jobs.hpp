@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "errors.hpp"
 #include "progress.hpp"
 
 namespace sweep {
@@ -155,7 +156,7 @@ inline JobsOutcome run_workers(size_t workers, const std::string& name,
         detail::PipeReporter reporter(fds[1]);
         status = work(w, reporter);
       } catch (const std::exception& e) {
-        std::cerr << name << ": worker " << w << ": error: " << e.what() << "\n";
+        std::cerr << name << ": worker " << w << ": error: " << errors::message(e) << "\n";
       }
       std::cout.flush();
       std::cerr.flush();

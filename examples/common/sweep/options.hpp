@@ -102,15 +102,8 @@ struct ProgramSpec {
   std::function<void(CLI::App& app, Options& o)> add_flags;
 };
 
-inline const std::vector<std::string>& scaling_names() {
-  static const std::vector<std::string> names = {"alpha-over-rank", "alpha", "alpha-over-sqrt-rank"};
-  return names;
-}
-inline const std::vector<std::string>& init_names() {
-  static const std::vector<std::string> names = {"uniform-zero", "gaussian-zero", "gaussian-gaussian", "pissa",
-                                                 "olora"};
-  return names;
-}
+inline const std::vector<std::string>& scaling_names() { return lora::scaling::names(); }
+inline const std::vector<std::string>& init_names() { return lora::init::names(); }
 
 namespace detail {
 
@@ -410,20 +403,14 @@ inline std::vector<Point> build_grid(const Options& o) {
 
 /// The scaling policy called `name` (one of scaling_names()).
 inline lora::Scaling scaling_policy(const std::string& name) {
-  if (name == "alpha-over-rank") return lora::scaling::alpha_over_rank();
-  if (name == "alpha") return lora::scaling::constant_alpha();
-  if (name == "alpha-over-sqrt-rank") return lora::scaling::alpha_over_sqrt_rank();
-  throw UsageError("--scaling: '" + name + "' is not allowed; use one of " + detail::join(scaling_names()) + ".");
+  detail::one_of("--scaling", name, scaling_names());
+  return lora::scaling::by_name(name);
 }
 
 /// The init policy called `name` (one of init_names()); `std` is gaussian-gaussian's sigma.
 inline lora::Init init_policy(const std::string& name, double std) {
-  if (name == "uniform-zero") return lora::init::uniform_zero();
-  if (name == "gaussian-zero") return lora::init::gaussian_zero();
-  if (name == "gaussian-gaussian") return lora::init::gaussian_gaussian(std);
-  if (name == "pissa") return lora::init::pissa();
-  if (name == "olora") return lora::init::olora();
-  throw UsageError("--init: '" + name + "' is not allowed; use one of " + detail::join(init_names()) + ".");
+  detail::one_of("--init", name, init_names());
+  return lora::init::by_name(name, std);
 }
 
 /// The lora::Config of LoRA point `p`: rank, alpha, scaling and init of the point; targets,
@@ -437,6 +424,9 @@ inline lora::Config to_lora_config(const Options& o, const Point& p) {
   c.scaling = scaling_policy(p.scaling);
   c.init = init_policy(p.init, o.init_std);
   c.targets = o.targets;
+  // The study adapts the output head too (every Linear, as the seed study); the library's
+  // default, like PEFT's, leaves it alone.
+  c.adapt_output_head = true;
   c.seed = p.seed;
   c.use_dora = o.dora;
   // As the seed study (and PEFT): a rank above a layer's min(in, out) is allowed, e.g. r = 128

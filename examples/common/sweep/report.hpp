@@ -36,6 +36,7 @@
 // ambiguous. Metric values are null when the run diverged.
 #pragma once
 
+#include <lora/error.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -95,6 +96,11 @@ inline std::string num(double v, const char* format = "%.4g") {
 inline RunRecord record_from_json(const nlohmann::json& doc, const std::string& metric_key) {
   const auto& s = doc.at("settings");
   const auto& r = doc.at("results");
+  // Out-of-range or non-integer numbers must not reach get<int64_t/uint64_t>() (undefined
+  // behaviour): an error instead, which the caller reports with the file's name.
+  for (const char* k : {"seed", "rank"})
+    if (s.contains(k) && !s.at(k).is_number_unsigned())
+      throw lora::Error(std::string("settings.") + k + " is " + s.at(k).dump() + ", not a non-negative integer");
   RunRecord rec;
   rec.key = doc.at("key").get<std::string>();
   rec.method = s.at("method").get<std::string>();

@@ -142,6 +142,24 @@ inline sweep::ProgramSpec wikitext_spec() {
                         {"--full-lrs", {"3e-6", "1e-5", "3e-5", "1e-4", "3e-4"}}}};
   s.presets["seed-lm-head"] = {"the seed's probable setting: only the tied lm_head adapted",
                                {{"--targets", {"lm_head"}}}};
+  // The CPU-scale study (docs/results.md, scripts/reproduce-small.sh) on the small pretrained
+  // GPT-2 of the shared fixtures (n_embd 128, 4 layers, pretrained on news only): trained on
+  // 1,600 blocks of 128 tokens of WikiText-103 train text, 1 epoch of 100 steps at batch 16,
+  // evaluated on WikiText-2 validation (200 blocks) and test (400 blocks); 3 seeds.
+  const sweep::FlagValues small = {{"--train-split", {"wt103-head"}}, {"--block-size", {"128"}},
+                                   {"--train-size", {"1600"}},         {"--val-size", {"200"}},
+                                   {"--test-size", {"400"}},           {"--epochs", {"1"}},
+                                   {"--batch-size", {"16"}},           {"--seeds", {"1", "2", "3"}},
+                                   {"--alpha", {"32"}},                {"--full-lrs", {"1e-4", "3e-4", "1e-3", "3e-3", "1e-2"}},
+                                   {"--lrs", {"3e-4", "1e-3", "3e-3", "1e-2", "3e-2"}}};
+  const auto with = [&small](sweep::FlagValues more) {
+    more.insert(more.begin(), small.begin(), small.end());
+    return more;
+  };
+  s.presets["small"] = {"CPU-scale study, experiment 4: LoRA on GPT-2's projections at ranks 4 and 64, FullFT beside",
+                        with({{"--ranks", {"4", "64"}}})};
+  s.presets["small-lm-head"] = {"CPU-scale study, experiment 4: LoRA on the tied lm_head only (r16), FullFT beside",
+                                with({{"--ranks", {"16"}}, {"--targets", {"lm_head"}}})};
   s.add_flags = [](CLI::App& app, sweep::Options& o) {
     o.extra["block-size"] = "128";
     app.add_option("--block-size", o.extra["block-size"], "tokens per block (training, validation and test)")

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <regex>
 #include <string>
 #include <utility>
@@ -28,6 +29,28 @@ inline std::regex compile_regex(const std::string& pattern, const char* what) {
   }
 }
 
+/// PEFT's target / exclude rule for a list of names: path == name, or path ends with "." + name.
+inline bool suffix_match_any(const std::vector<std::string>& names, const std::string& path) {
+  for (const auto& n : names)
+    if (suffix_match(path, n)) return true;
+  return false;
+}
+
+/// `s` with every ECMAScript/Python regex metacharacter escaped.
+inline std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c != '\0' && std::strchr(".^$|()[]{}*+?\\", c)) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+inline bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+inline bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
 /// One target / exclude entry: "re:<regex>" (full match) or a name (suffix match).
 class Pattern {
  public:
@@ -48,9 +71,12 @@ class Pattern {
   std::regex re_;
 };
 
-/// PEFT's rank_pattern / alpha_pattern rule: key K applies to path if "(.*\.)?(K)$" matches.
-template <typename Map>
-const typename Map::mapped_type* pattern_value(const Map& patterns, const std::string& path, const char* what) {
+/// PEFT's rank_pattern / alpha_pattern rule (its get_pattern_key): the value of the first key K,
+/// in the container's order, for which "(.*\.)?(K)$" matches `path`, or nullptr. `Pairs`: a
+/// std::map or a vector of (key, value) pairs (file order).
+template <typename Pairs>
+const typename Pairs::value_type::second_type* pattern_value(const Pairs& patterns, const std::string& path,
+                                                             const char* what) {
   for (const auto& kv : patterns) {
     auto re = compile_regex("(.*\\.)?(" + kv.first + ")$", what);
     if (std::regex_match(path, re)) return &kv.second;

@@ -1,4 +1,5 @@
-// The compatibility path: LoRA on a plain torch::nn::Linear that the library has never seen.
+// The compatibility path: LoRA on a plain torch::nn::Linear that the library has never seen
+// (LayerKind::torch_linear). inject() uses it; users never name it.
 //
 // LibTorch's Linear::forward is not virtual and there are no forward hooks, so nothing can
 // run inside a plain Linear's forward. Instead the layer's weight member (the tensor its
@@ -17,11 +18,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "adapter.hpp"
+#include "../adapter.hpp"
+#include "adapter_bank.hpp"
 
-namespace lora {
-namespace detail {
+namespace lora::detail {
 
 /// W_eff = W + s * B A with gradients to A and B only. Saves no tensors through
 /// save_for_backward, so several backward passes (gradient accumulation) can share one W_eff.
@@ -60,8 +62,6 @@ struct LoraWeightFunction : public torch::autograd::Function<LoraWeightFunction>
   }
 };
 
-}  // namespace detail
-
 /// The LoRA state of one plain torch::nn::Linear, registered on it as the child
 /// "lora_parametrization" (no parameters of its own; A and B are registered on the Linear as
 /// "lora_A.<name>.weight" and "lora_B.<name>.weight", as lora::Linear does).
@@ -86,39 +86,39 @@ class WeightParametrizationImpl : public torch::nn::Module {
   }
 
   Adapter& add_adapter(const std::string& name, const AdapterSpec& spec) {
-    if (spec.use_dora)
-      throw ConfigError(detail::str(
-          "lora: layer '", path_, "' is a plain torch::nn::Linear, adapted by re-parametrizing its weight; DoRA "
-          "(use_dora) needs the layer's input and is supported on lora::Linear only. Declare the layer as "
-          "lora::Linear, or set Config::use_dora = false."));
-    if (spec.dropout > 0)
-      throw ConfigError(detail::str(
-          "lora: layer '", path_, "' is a plain torch::nn::Linear, adapted by re-parametrizing its weight, which "
-          "never sees the input: LoRA dropout ", spec.dropout,
-          " cannot be applied. Set Config::dropout = 0, or declare the layer as lora::Linear."));
-    auto& a = adapters.add(owner(), path_, name, spec, base_);
+    check_adapter_spec(spec, path_, base_.size(1), base_.size(0), /*torch_linear=*/true);
+    auto& a = bank_.add(owner(), path_, name, spec, base_);
     sync();
     return a;
   }
   void remove_adapter(const std::string& name) {
-    adapters.remove(owner(), name, base_);
+    bank_.remove(owner(), name, base_);
     sync();
   }
-  void merge(const std::string& name = "") { adapters.merge(base_, name), sync(); }
-  void unmerge(const std::string& name = "") { adapters.unmerge(base_, name), sync(); }
-  void set_adapters_enabled(bool on) { adapters.set_enabled(on, base_), sync(); }
+  void merge(const std::string& name = "") { bank_.merge(base_, name), sync(); }
+  void unmerge(const std::string& name = "") { bank_.unmerge(base_, name), sync(); }
+  void set_adapters_enabled(bool on) { bank_.set_enabled(on, base_), sync(); }
+
+  // The same queries as lora::Linear's.
+  bool has_adapter(const std::string& name) const { return bank_.has(name); }
+  const Adapter& adapter(const std::string& name) const { return bank_.get(name); }
+  std::vector<std::string> adapter_names() const { return bank_.names(); }
+  const std::vector<std::string>& active_adapters() const { return bank_.active(); }
+  void set_active_adapters(const std::vector<std::string>& names) { bank_.set_active(names), sync(); }
+  bool has_pending_adapters() const { return !bank_.pending().empty(); }
+  torch::Tensor merged_weight() const { return bank_.merged_weight(base_); }
 
   /// Recomputes the owner's effective weight from the current A and B.
   void sync() {
     auto& lin = owner();
-    auto pending = adapters.pending();
+    auto pending = bank_.pending();
     if (pending.empty()) {
       lin.weight = base_;  // exactly the base: no op on the forward path
       return;
     }
     torch::AutoGradMode grad_on(true);
     torch::Tensor w = base_;
-    for (const Adapter* a : pending) w = detail::LoraWeightFunction::apply(w, a->A, a->B, a->scale, path_);
+    for (const Adapter* a : pending) w = LoraWeightFunction::apply(w, a->A, a->B, a->scale, path_);
     lin.weight = w;
   }
 
@@ -143,27 +143,26 @@ class WeightParametrizationImpl : public torch::nn::Module {
   const std::string& path() const { return path_; }
   torch::Tensor base_weight() const { return base_; }
 
-  AdapterBank adapters;
-
  private:
   torch::nn::LinearImpl& owner() {
     auto p = owner_.lock();
     if (!p)
-      throw Error(detail::str("lora: the torch::nn::Linear '", path_, "' that this adapter belongs to no longer exists."));
+      throw Error(str("lora: the torch::nn::Linear '", path_, "' that this adapter belongs to no longer exists."));
     return *p;
   }
   template <typename F>
   void adapters_to(F&& move) {
-    for (const auto& kv : adapters.adapters()) {
+    for (const auto& kv : bank_.adapters()) {
       auto A = kv.second.A, B = kv.second.B;  // same TensorImpl as the registered parameters
       move(A);
       move(B);
     }
   }
 
+  AdapterBank bank_;
   std::weak_ptr<torch::nn::LinearImpl> owner_;
   torch::Tensor base_;  ///< W0: the Linear's registered "weight" parameter
   std::string path_;
 };
 
-}  // namespace lora
+}  // namespace lora::detail

@@ -1,0 +1,70 @@
+// File helpers of the library: an EINTR-safe write loop, atomic file replacement, and reading
+// a JSON file with errors that name it. Every failure is a lora::FileError.
+#pragma once
+
+#include <fcntl.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "../error.hpp"
+
+namespace lora::detail {
+
+/// The strerror() text of `err`.
+inline std::string os_error(int err) { return std::strerror(err); }
+
+/// Writes all of `data[0, size)` to `fd`, retrying after EINTR; returns false (errno set) on failure.
+inline bool write_all(int fd, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = EIO;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+/// Replaces the file at `path` atomically: `write(fd)` fills "<path>.tmp.<pid>" (returning false,
+/// errno set, on failure), which is then flushed to disk and renamed over `path`. On any error
+/// the temporary file is removed and FileError names `what` (e.g. "safetensors file") and `path`.
+template <typename Writer>
+void write_file_atomic(const std::string& path, const char* what, Writer&& write) {
+  const std::string tmp = str(path, ".tmp.", ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) throw FileError(str("cannot create '", tmp, "' to save '", path, "': ", os_error(errno)));
+  const bool ok = write(fd) && ::fsync(fd) == 0;
+  int err = ok ? 0 : errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    throw FileError(str("cannot save ", what, " '", path, "': ", os_error(err)));
+  }
+}
+
+/// Writes `text` to `path` atomically (see write_file_atomic).
+inline void write_text_atomic(const std::string& path, const std::string& text, const char* what = "file") {
+  write_file_atomic(path, what, [&](int fd) { return write_all(fd, text.data(), text.size()); });
+}
+
+/// Reads the JSON file at `path`, key order kept. FileError names `what` (e.g. "PEFT adapter
+/// config") and `path` when the file cannot be opened (with `hint` appended) or parsed.
+inline nlohmann::ordered_json read_json(const std::string& path, const char* what, const std::string& hint = "") {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(str("cannot open ", what, " '", path, "'.", hint.empty() ? "" : " ", hint));
+  try {
+    return nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw FileError(str(what, " '", path, "' is not valid JSON (", e.what(), ")."));
+  }
+}
+
+}  // namespace lora::detail

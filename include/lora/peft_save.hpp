@@ -1,0 +1,213 @@
+// Saving an adapter as Hugging Face PEFT's save_pretrained does: the adapter_config.json
+// (make_config) and the tensors of adapter_model.safetensors (make_state) that save() writes.
+// Rules other than alpha / r and rsLoRA are exported as alpha / r with the lora_alpha that gives
+// the same scale; per-layer ranks and alphas become rank_pattern / alpha_pattern entries.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "adapters.hpp"
+#include "config.hpp"
+#include "detail/adapter_bank.hpp"
+#include "detail/match.hpp"
+#include "error.hpp"
+#include "peft_config.hpp"
+#include "safetensors.hpp"
+
+namespace lora::peft {
+
+/// What save() writes besides what the adapter itself says.
+struct SaveOptions {
+  HfMapping mapping;
+  std::string base_model_name_or_path;  ///< e.g. "gpt2"; "" writes null
+  std::string task_type;                ///< e.g. "CAUSAL_LM", "SEQ_CLS"; "" writes null
+  bool inference_mode = true;
+};
+
+namespace detail {
+
+using lora::detail::pattern_value;
+using lora::detail::regex_escape;
+using lora::detail::starts_with;
+
+inline bool same_number(double a, double b) {
+  return a == b || std::abs(a - b) <= 1e-12 * std::max(std::abs(a), std::abs(b));
+}
+
+/// The lora_alpha that PEFT's rule (alpha / r, or alpha / sqrt(r) with use_rslora) needs to give
+/// this layer its scale s. Policies other than alpha/r and rsLoRA (constant alpha, rank
+/// proportional, custom) have no PEFT field: they are exported as alpha/r with lora_alpha = s * r,
+/// which gives PEFT the very same s (the configured alpha is then not what the file says).
+inline double exported_alpha(int64_t rank, double alpha, double scale, bool rslora) {
+  const double r = static_cast<double>(rank);
+  if (rslora) return same_number(alpha / std::sqrt(r), scale) ? alpha : scale * std::sqrt(r);
+  return same_number(alpha / r, scale) ? alpha : scale * r;
+}
+
+/// The module of a kept-trainable parameter path: its longest prefix that a keep_trainable
+/// pattern matches.
+inline std::string kept_module(const std::string& param_path, const std::vector<std::string>& keep) {
+  std::string best;
+  for (size_t pos = param_path.find('.'); pos != std::string::npos; pos = param_path.find('.', pos + 1)) {
+    const auto prefix = param_path.substr(0, pos);
+    for (const auto& k : keep)
+      if (lora::detail::Pattern(k, "keep_trainable").matches(prefix)) best = prefix;
+  }
+  if (best.empty())
+    throw Error(str("lora::peft: cannot tell which kept-trainable module parameter '", param_path, "' belongs to."));
+  return best;
+}
+
+/// rank_pattern / alpha_pattern entries that give each layer (HF path) its (r, alpha) under
+/// PEFT's rule, with the defaults r0 / alpha0 elsewhere. Tries `rank_hint` / `alpha_hint` first
+/// (the user's own patterns), then one full-path key per layer that differs from the defaults.
+inline void make_patterns(const std::vector<std::tuple<std::string, int64_t, double>>& layers, int64_t r0,
+                          double alpha0, const std::map<std::string, int64_t>* rank_hint,
+                          const std::map<std::string, double>* alpha_hint, AdapterConfig& c) {
+  auto reproduces = [&](const std::vector<std::pair<std::string, int64_t>>& rp,
+                        const std::vector<std::pair<std::string, double>>& ap) {
+    for (const auto& [path, r, a] : layers) {
+      const auto* rv = pattern_value(rp, path, "rank_pattern");
+      const auto* av = pattern_value(ap, path, "alpha_pattern");
+      if ((rv ? *rv : r0) != r || !same_number(av ? *av : alpha0, a)) return false;
+    }
+    return true;
+  };
+  if (rank_hint && alpha_hint) {
+    std::vector<std::pair<std::string, int64_t>> rp(rank_hint->begin(), rank_hint->end());
+    std::vector<std::pair<std::string, double>> ap(alpha_hint->begin(), alpha_hint->end());
+    if (reproduces(rp, ap)) {
+      c.rank_pattern = rp;
+      c.alpha_pattern = ap;
+      return;
+    }
+  }
+  for (const bool anchored : {false, true}) {
+    std::map<std::string, int64_t> rp;  // sorted, as written
+    std::map<std::string, double> ap;
+    for (const auto& [path, r, a] : layers) {
+      const auto key = anchored ? "^" + regex_escape(path) : path;
+      if (r != r0) rp[key] = r;
+      if (!same_number(a, alpha0)) ap[key] = a;
+    }
+    std::vector<std::pair<std::string, int64_t>> rv(rp.begin(), rp.end());
+    std::vector<std::pair<std::string, double>> av(ap.begin(), ap.end());
+    if (reproduces(rv, av)) {
+      c.rank_pattern = rv;
+      c.alpha_pattern = av;
+      return;
+    }
+  }
+  throw Error("lora::peft::save: could not express the per-layer ranks and alphas as PEFT patterns.");
+}
+
+}  // namespace detail
+
+/// The adapter_config.json that save() writes for `adapters`.
+inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& options = {}) {
+  using detail::str;
+  const Config& cfg = adapters.config();
+  if (adapters.layers().empty())
+    throw ConfigError(str("lora::peft::save: adapter '", adapters.name(), "' has no layer (was it removed?)."));
+  const bool rslora = cfg.scaling.is_rslora;
+  AdapterConfig c;
+  c.r = cfg.rank;
+  c.lora_alpha = detail::exported_alpha(cfg.rank, cfg.alpha, cfg.scaling.scale(cfg.alpha, cfg.rank), rslora);
+  c.lora_dropout = cfg.dropout;
+  c.use_rslora = rslora;
+  c.use_dora = cfg.use_dora;
+  c.inference_mode = options.inference_mode;
+  c.base_model_name_or_path = options.base_model_name_or_path;
+  c.task_type = options.task_type;
+  c.init_lora_weights = nlohmann::json::parse(detail::init_to_peft(cfg.init).dump());
+
+  std::vector<std::tuple<std::string, int64_t, double>> per_layer;  // (HF path, r, exported alpha)
+  std::set<std::string> hf_paths;
+  for (const auto& l : adapters.layers()) {
+    const auto hf = options.mapping.hf_path(l.path);
+    if (!hf_paths.insert(hf).second)
+      throw ConfigError(str("lora::peft::save: the HfMapping sends two adapted layers to '", hf, "'."));
+    per_layer.emplace_back(hf, l.rank, detail::exported_alpha(l.rank, l.alpha, l.scale, rslora));
+    c.fan_in_fan_out |= options.mapping.is_conv1d(l.path);
+  }
+
+  // target_modules: the Config's own names when they mean the same in HF (identity mapping,
+  // plain names: PEFT matches them as inject() does), else the adapted layers' full HF paths
+  // (also with Config::exclude: exclude_modules exists in PEFT >= 0.14 only).
+  const bool identity = !options.mapping.to_hf;
+  bool plain = identity && cfg.exclude.empty();
+  for (const auto& t : cfg.targets) plain &= t != "all-linear" && !detail::starts_with(t, "re:");
+  if (plain) {
+    c.target_modules = cfg.targets;
+  } else {
+    c.target_modules.assign(hf_paths.begin(), hf_paths.end());
+  }
+
+  // Patterns: the user's own when they mean the same in HF (identity mapping, alpha as
+  // configured, no "re:" target: those come from load(), whose keys are escaped paths; checked
+  // below layer by layer); else one full-path key per layer that differs from r / lora_alpha.
+  bool hint = identity;
+  for (const auto& t : cfg.targets) hint &= !detail::starts_with(t, "re:");
+  for (const auto& l : adapters.layers())
+    hint &= detail::same_number(detail::exported_alpha(l.rank, l.alpha, l.scale, rslora), l.alpha);
+  detail::make_patterns(per_layer, c.r, c.lora_alpha, hint ? &cfg.rank_pattern : nullptr,
+                        hint ? &cfg.alpha_pattern : nullptr, c);
+
+  // modules_to_save: the kept-trainable modules, by full HF path.
+  if (!adapters.kept_parameters().empty()) {
+    std::vector<std::string> mods;
+    for (const auto& kv : adapters.kept_parameters()) {
+      const auto m = options.mapping.hf_path(detail::kept_module(kv.first, cfg.keep_trainable));
+      if (std::find(mods.begin(), mods.end(), m) == mods.end()) mods.push_back(m);
+    }
+    c.modules_to_save = mods;
+  }
+  return c;
+}
+
+/// The tensors save() writes: "base_model.model.<HF path>.lora_A.weight", ".lora_B.weight",
+/// ".lora_magnitude_vector" (DoRA), and each kept-trainable parameter under
+/// "base_model.model.<HF module path>.<param>" (PEFT strips "modules_to_save.<adapter>." on save).
+inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters& adapters,
+                                                                 const SaveOptions& options = {}) {
+  const Config& cfg = adapters.config();
+  torch::OrderedDict<std::string, torch::Tensor> out;
+  const auto state = adapters.state_dict();
+  for (const auto& l : adapters.layers()) {
+    const auto hf = std::string(kPrefix) + options.mapping.hf_path(l.path);
+    out.insert(hf + ".lora_A.weight", state[l.path + ".lora_A.weight"]);
+    out.insert(hf + ".lora_B.weight", state[l.path + ".lora_B.weight"]);
+    if (const auto* m = state.find(l.path + "." + lora::detail::AdapterBank::kMagnitude)) out.insert(hf + ".lora_magnitude_vector", *m);
+  }
+  for (const auto& [path, t] : adapters.kept_parameters()) {
+    const auto module = detail::kept_module(path, cfg.keep_trainable);
+    out.insert(std::string(kPrefix) + options.mapping.hf_path(module) + path.substr(module.size()), t.detach());
+  }
+  return out;
+}
+
+/// Writes `adapters` to folder `dir` (created if needed) as PEFT's save_pretrained does:
+/// adapter_model.safetensors (metadata {"format": "pt"}) and adapter_config.json, each written
+/// atomically. Loads in Python with PeftModel.from_pretrained(base_model, dir).
+inline void save(const Adapters& adapters, const std::string& dir, const SaveOptions& options = {}) {
+  const auto config = make_config(adapters, options);  // checks before writing anything
+  const auto state = make_state(adapters, options);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw FileError(detail::str("lora::peft::save: cannot create folder '", dir, "': ", ec.message()));
+  safetensors::save((std::filesystem::path(dir) / kWeightsFile).string(), state, {{"format", "pt"}});
+  write_config((std::filesystem::path(dir) / kConfigFile).string(), config);
+}
+
+}  // namespace lora::peft
