@@ -879,3 +879,20 @@ TEST_CASE("sweep: an --out that cannot be written stops the sweep before trainin
   fs::permissions(dir / "points", fs::perms::owner_all);
   cleanup(dir);
 }
+
+TEST_CASE("sweep: a point file whose seed is out of range is refused, not read", "[sweep]") {
+  const auto dir = temp_dir("badseed");
+  const auto o = toy_options(dir, {"--lrs", "3e-3", "--ranks", "2"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  sweep::run_sweep(o, task, quiet(sink));
+  auto doc = load(dir / "points" / "lora_r2_lr3e-03_s3.json");
+  for (const auto& bad : {json(-3), json(3.5), json("3")}) {
+    doc["settings"]["seed"] = bad;
+    INFO(bad.dump());
+    CHECK(contains(error_of([&] { sweep::record_from_json(doc, "test_acc"); }), "settings.seed"));
+  }
+  doc["settings"]["seed"] = 3;
+  CHECK(sweep::record_from_json(doc, "test_acc").seed == 3);
+  cleanup(dir);
+}

@@ -57,13 +57,29 @@ inline std::string short_lr(double lr) {
   return m + "e" + std::to_string(exponent);
 }
 
+/// The colour of the i-th line (matplotlib's ten).
+inline const char* palette(size_t i) {
+  static const char* colours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
+  return colours[i % 10];
+}
+
+/// The opening of a W x H plot: the XML declaration, <svg>, a white background and `title`
+/// centred at `title_x`.
+inline void svg_begin(std::ostringstream& s, double W, double H, double title_x, const std::string& title) {
+  s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
+    << "<text x=\"" << title_x << "\" y=\"28\" text-anchor=\"middle\" font-size=\"15\">" << xml_escape(title)
+    << "</text>\n";
+}
+
 }  // namespace detail
 
 /// The SVG of `curves` (from make_curves) and their `optima` (from find_optima).
 inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
                             const std::string& y_label, const std::string& title) {
-  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                                  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
   const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
   const double pw = W - left - right, ph = H - top - bottom;
 
@@ -91,12 +107,7 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   std::ostringstream s;
   s.setf(std::ios::fixed);
   s.precision(1);
-  s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-    << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
-    << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-    << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
-    << "<text x=\"" << left + pw / 2 << "\" y=\"28\" text-anchor=\"middle\" font-size=\"15\">"
-    << detail::xml_escape(title) << "</text>\n";
+  detail::svg_begin(s, W, H, left + pw / 2, title);
 
   // Axes, grid lines and ticks: one x tick per LR run, y ticks at a 1-2-5 step.
   s << "<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
@@ -121,7 +132,7 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   size_t colour = 0;
   for (size_t i = 0; i < curves.size(); ++i) {
     const auto& c = curves[i];
-    const std::string col = c.full ? "#000000" : palette[colour++ % 10];
+    const std::string col = c.full ? "#000000" : detail::palette(colour++);
     const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
     s << "<g id=\"" << detail::xml_escape(c.column) << "\">\n<polyline fill=\"none\" stroke=\"" << col
       << "\" stroke-width=\"2\"" << dash << " points=\"";
@@ -175,8 +186,6 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
 /// The SVG of training-loss curves over optimizer steps (linear axes), e.g. every rank at one
 /// learning rate: with alpha/r scaling the early parts of the LoRA curves should nearly coincide.
 inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const std::string& title) {
-  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                                  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
   const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
   const double pw = W - left - right, ph = H - top - bottom;
   double xmax = 1, ymin = INFINITY, ymax = -INFINITY;
@@ -193,12 +202,8 @@ inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const s
   std::ostringstream s;
   s.setf(std::ios::fixed);
   s.precision(1);
-  s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-    << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
-    << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-    << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
-    << "<text x=\"" << left + pw / 2 << "\" y=\"28\" text-anchor=\"middle\" font-size=\"15\">"
-    << detail::xml_escape(title) << "</text>\n<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
+  detail::svg_begin(s, W, H, left + pw / 2, title);
+  s << "<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
   const double xstep = detail::nice_step(xmax, 8), ystep = detail::nice_step(ymax - ymin, 6);
   for (double v = 0; v <= xmax + 1e-9; v += xstep)
     s << "<line x1=\"" << X(v) << "\" y1=\"" << top << "\" x2=\"" << X(v) << "\" y2=\"" << top + ph << "\"/>\n";
@@ -218,7 +223,7 @@ inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const s
   size_t colour = 0;
   for (size_t i = 0; i < curves.size(); ++i) {
     const auto& c = curves[i];
-    const std::string col = c.full ? "#000000" : palette[colour++ % 10];
+    const std::string col = c.full ? "#000000" : detail::palette(colour++);
     const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
     s << "<g id=\"" << detail::xml_escape(c.label) << "\">\n<polyline fill=\"none\" stroke=\"" << col
       << "\" stroke-width=\"1.6\"" << dash << " points=\"";

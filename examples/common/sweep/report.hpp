@@ -99,7 +99,7 @@ inline RunRecord record_from_json(const nlohmann::json& doc, const std::string& 
   // Out-of-range or non-integer numbers must not reach get<int64_t/uint64_t>() (undefined
   // behaviour): an error instead, which the caller reports with the file's name.
   for (const char* k : {"seed", "rank"})
-    if (s.contains(k) && !s.at(k).is_number_unsigned())
+    if (s.contains(k) && !(s.at(k).is_number_unsigned() || (s.at(k).is_number_integer() && s.at(k).get<int64_t>() >= 0)))
       throw lora::Error(std::string("settings.") + k + " is " + s.at(k).dump() + ", not a non-negative integer");
   RunRecord rec;
   rec.key = doc.at("key").get<std::string>();
