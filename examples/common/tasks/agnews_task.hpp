@@ -172,7 +172,7 @@ inline sweep::ProgramSpec agnews_spec() {
                                       {"--full-lrs", full_lrs}})};
   s.presets["small-alpha10r"] = {"CPU-scale study, experiment 2: alpha = 10r (scale 10 at every rank)",
                                  with({{"--ranks", {"4", "16", "64"}},
-                                       {"--lrs", {"1e-4", "3e-4", "6e-4", "1e-3", "2e-3", "3e-3"}},
+                                       {"--lrs", {"3e-5", "1e-4", "3e-4", "6e-4", "1e-3", "2e-3", "3e-3", "6e-3"}},
                                        {"--alpha-per-rank", {"10"}},
                                        {"--full-lrs", full_lrs}})};
   s.presets["small-gaussian"] = {"CPU-scale study, experiment 3: gaussian A and B with sigma 1, r16",
