@@ -10,83 +10,184 @@
 # DATA_DIR defaults to $LORA_DATA_DIR, else ~/.cache/lora; the second argument limits the
 # download to one program's needs (default: all).
 # Files already present and valid are kept. Needs curl and unzip.
-set -euo pipefail
+#
+# Pinned: each Hub model at one commit (resolve/<commit>/FILE, never resolve/main), and every
+# file, the WikiText zip included, against a published sha256 and byte count (sources below,
+# next to each hash). A file that does not match is not installed, and the script exits 1.
+# The sha256 of each file it downloads is printed, to compare with the sources by hand.
+#
+# Sourced (`source scripts/fetch-assets.sh`, as tests/scripts/fetch_assets_test.sh does), it only
+# defines the table of assets and the functions check and fetch, and downloads nothing.
 
-dir=${1:-${LORA_DATA_DIR:-$HOME/.cache/lora}}
-what=${2:-all}
-case $what in agnews|wikitext|all) ;; *) echo "fetch-assets: unknown set '$what' (agnews, wikitext or all)" >&2; exit 2;; esac
-mkdir -p "$dir"
 hub=https://huggingface.co
-failed=0
+# Hub commits: not read off a Hub page, but the revision that many public projects pin for each
+# repository (some record it as what main resolved to in their Hugging Face cache), with, at that
+# revision, the sha256 values below; the Hub's own LFS pages give the same sha256 for both weight
+# files.
+distilbert_rev=12040accade4e8a0f71eabdb258fecc2e7e948be   # distilbert/distilbert-base-uncased
+distilgpt2_rev=2290a62682d06624634c1f46a6ad5be0f47f38aa   # distilbert/distilgpt2
+# ag_news_csv as torchtext and Hugging Face datasets take it (a moving branch: the hashes pin it).
+agnews_url=https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv
+wikitext_zip_url=https://wikitext.smerity.com/wikitext-2-raw-v1.zip
+
+# asset DEST URL SHA256|- MIN_BYTES: one file of the table (DEST relative to the data folder).
+# SHA256 '-' would mean "no published hash": then only the size is checked (every file below
+# has a hash, so none uses it).
+declare -gA asset_url=() asset_sha=() asset_bytes=()
+asset() { asset_url[$1]=$2; asset_sha[$1]=$3; asset_bytes[$1]=$4; }
+
+# distilbert-base-uncased @ distilbert_rev.
+#  config.json and vocab.txt: the sha256 that public projects pin at this revision (a BERTScore
+#    setup's BERTSCORE_MODEL_FILES_SHA256, a TKGQA reproduction's _DISTILBERT_FILES, an intent
+#    model's BASE_SHA256, among others; all agree). config.json's byte count was not found: only
+#    a lower bound is checked for it, the hash decides.
+#    vocab.txt also equals shared/data/tokenizers/bert-base-uncased/vocab.txt (231,508 bytes; the
+#    Hub's bert-base-uncased vocab.txt by git blob id, see shared/data/README.md), same sha256.
+#  model.safetensors: also the Hub's Git LFS pointer, "SHA256: 5e3f1108..." on
+#    huggingface.co/distilbert/distilbert-base-uncased/blob/main/model.safetensors, with
+#    "size 267954768" in huggingface.co/codewithdark/model-cache/commit/da6c4442f37fda9621866098f21ca0865e3a89bb.
+db=$hub/distilbert/distilbert-base-uncased/resolve/$distilbert_rev
+asset models/distilbert-base-uncased/config.json "$db/config.json" \
+  69c94b0222d5d1f4b0ad027ca7416cdafb98378cbbb8305d0bf47c9365c60c83 100
+asset models/distilbert-base-uncased/vocab.txt "$db/vocab.txt" \
+  07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3 231508
+asset models/distilbert-base-uncased/model.safetensors "$db/model.safetensors" \
+  5e3f1108e3cb34ee048634875d8482665b65ac713291a7e32396fb18f6ff0063 267954768
+
+# distilgpt2 @ distilgpt2_rev: sha256 and byte counts as a public model catalog pins them at this
+# revision (others agree on the weights and config.json). The weights' hash is also the Hub's LFS
+# pointer, huggingface.co/distilbert/distilgpt2/blob/4244ff61fb228ec942af0d72c89fedc9bc5faa31/model.safetensors.
+# vocab.json and merges.txt equal shared/data/tokenizers/gpt2/{vocab.json,merges.txt} (OpenAI's
+# GPT-2 encoder.json and vocab.bpe, renamed), same sha256.
+dg=$hub/distilbert/distilgpt2/resolve/$distilgpt2_rev
+asset models/distilgpt2/config.json "$dg/config.json" \
+  4ec5947c1d59fee6212cdf3b0ec1a53eac02092554c5ff0a733488cbd2c64f3a 762
+asset models/distilgpt2/vocab.json "$dg/vocab.json" \
+  196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783 1042301
+asset models/distilgpt2/merges.txt "$dg/merges.txt" \
+  1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5 456318
+asset models/distilgpt2/model.safetensors "$dg/model.safetensors" \
+  e1ff18884359fe8beb795a5f414feb85a6ce3d929ad019c0d958c039d2b94a1b 352824413
+
+# AG-News: Hugging Face datasets' checksums for exactly these two URLs,
+# github.com/huggingface/datasets datasets/ag_news/dataset_infos.json ("download_checksums").
+# test.csv also equals shared/data/agnews/test.csv (same sha256 here), whose MD5
+# d52ea96a97a2d943681189a97654912d is torchtext's AG_NEWS test MD5; torchtext's train MD5 is
+# b1a00f826fdfbd249f79597b59e1dc12.
+asset agnews/train.csv "$agnews_url/train.csv" 76a0a2d2f92b286371fe4d4044640910a04a803fdd2538e0f3f29a5c6f6b672e 29470338
+asset agnews/test.csv "$agnews_url/test.csv" 521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699 1857427
+
+# WikiText-2 raw v1: the zip's hash and size are Hugging Face datasets' checksum for it
+# (datasets/wikitext/dataset_infos.json, under its former S3 address), and public projects pin
+# the same hash for this wikitext.smerity.com address. The three members' hashes are as those
+# projects state them; wiki.valid.raw and wiki.test.raw also equal shared/data/wikitext-2-raw/.
+asset wikitext-2-raw-v1.zip "$wikitext_zip_url" ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11 4721645
+asset wikitext-2-raw/wiki.train.raw "$wikitext_zip_url" 6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57 10940747
+asset wikitext-2-raw/wiki.valid.raw "$wikitext_zip_url" 4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7 1146846
+asset wikitext-2-raw/wiki.test.raw "$wikitext_zip_url" 173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08 1290590
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # check FILE SHA256|- MIN_BYTES: the file exists, is at least MIN_BYTES, and has the hash if given.
 check() {
   local file=$1 sha=$2 min=$3
   [ -s "$file" ] || return 1
   [ "$(stat -c %s "$file")" -ge "$min" ] || return 1
-  [ "$sha" = - ] || [ "$(sha256sum "$file" | cut -d' ' -f1)" = "$sha" ]
+  [ "$sha" = - ] || [ "$(sha256_of "$file")" = "$sha" ]
 }
 
-# fetch URL DEST SHA256|- MIN_BYTES: download to DEST.part, check, then rename (atomic).
+# mismatch FILE SHA256|- MIN_BYTES: why check failed, in words.
+mismatch() {
+  local file=$1 sha=$2 min=$3 size
+  if [ ! -s "$file" ]; then echo "missing or empty"; return; fi
+  size=$(stat -c %s "$file")
+  if [ "$size" -lt "$min" ]; then echo "$size bytes, expected at least $min"; return; fi
+  echo "sha256 $(sha256_of "$file"), expected $sha"
+}
+
+# fetch DEST: download asset DEST to DEST.part, check it, then rename (atomic). A valid DEST is
+# kept; an invalid one stays until a valid download replaces it. Sets failed=1 on failure.
 fetch() {
-  local url=$1 dest=$dir/$2 sha=$3 min=$4
-  if check "$dest" "$sha" "$min"; then echo "ok       $2"; return; fi
+  local name=$1
+  local url=${asset_url[$name]} sha=${asset_sha[$name]} min=${asset_bytes[$name]} dest=$dir/$1
+  if check "$dest" "$sha" "$min"; then echo "ok       $name"; return; fi
+  [ ! -e "$dest" ] || echo "stale    $name ($(mismatch "$dest" "$sha" "$min")): fetching it again"
   mkdir -p "$(dirname "$dest")"
-  echo "fetch    $2  <- $url"
+  echo "fetch    $name  <- $url"
   if curl -fsSL --retry 3 --connect-timeout 20 -o "$dest.part" "$url" && check "$dest.part" "$sha" "$min"; then
     mv "$dest.part" "$dest"
+    if [ "$sha" = - ]; then
+      echo "         sha256 $(sha256_of "$dest") (no published hash to check it against: compare it yourself)"
+    else
+      echo "         sha256 $sha (as pinned)"
+    fi
   else
+    if [ -e "$dest.part" ]; then
+      echo "FAILED   $name ($(mismatch "$dest.part" "$sha" "$min"))" >&2
+    else
+      echo "FAILED   $name (download failed)" >&2
+    fi
     rm -f "$dest.part"
-    echo "FAILED   $2 (download failed, or size/hash did not match)" >&2
     failed=1
   fi
 }
 
-if [ "$what" != wikitext ]; then
-  for f in config.json vocab.txt; do
-    fetch "$hub/distilbert-base-uncased/resolve/main/$f" "models/distilbert-base-uncased/$f" - 100
-  done
-  fetch "$hub/distilbert-base-uncased/resolve/main/model.safetensors" \
-    models/distilbert-base-uncased/model.safetensors - 200000000
-  ag=https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv
-  fetch "$ag/train.csv" agnews/train.csv - 29000000
-  fetch "$ag/test.csv" agnews/test.csv 521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699 1000000
-fi
-
+# fetch_wikitext: the three members of the pinned zip, when any is missing or invalid.
 fetch_wikitext() {
-  for f in config.json vocab.json merges.txt; do
-    fetch "$hub/distilgpt2/resolve/main/$f" "models/distilgpt2/$f" - 100
+  local f tmp need_wt=0 members=(wiki.train.raw wiki.valid.raw wiki.test.raw)
+  for f in "${members[@]}"; do
+    check "$dir/wikitext-2-raw/$f" "${asset_sha[wikitext-2-raw/$f]}" "${asset_bytes[wikitext-2-raw/$f]}" || need_wt=1
   done
-  fetch "$hub/distilgpt2/resolve/main/model.safetensors" models/distilgpt2/model.safetensors - 300000000
-
-  local wt=$dir/wikitext-2-raw
-  local -A wt_sha=(
-    [wiki.train.raw]=6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57
-    [wiki.valid.raw]=4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7
-    [wiki.test.raw]=173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08
-  )
-  need_wt=0
-  for f in "${!wt_sha[@]}"; do check "$wt/$f" "${wt_sha[$f]}" 1000000 || need_wt=1; done
   if [ $need_wt = 0 ]; then
     echo "ok       wikitext-2-raw/"
-  else
-    tmp=$(mktemp -d)
-    echo "fetch    wikitext-2-raw/  <- https://wikitext.smerity.com/wikitext-2-raw-v1.zip"
-    if curl -fsSL --retry 3 --connect-timeout 20 -o "$tmp/wt.zip" https://wikitext.smerity.com/wikitext-2-raw-v1.zip &&
-       unzip -q -o "$tmp/wt.zip" -d "$tmp"; then
-      mkdir -p "$wt"
-      for f in "${!wt_sha[@]}"; do
-        if check "$tmp/wikitext-2-raw/$f" "${wt_sha[$f]}" 1000000; then mv "$tmp/wikitext-2-raw/$f" "$wt/$f"
-        else echo "FAILED   wikitext-2-raw/$f (hash did not match)" >&2; failed=1; fi
-      done
-    else
-      echo "FAILED   wikitext-2-raw/ (download failed)" >&2
-      failed=1
-    fi
-    rm -rf "$tmp"
+    return
   fi
+  tmp=$(mktemp -d)
+  local zip=$tmp/wikitext-2-raw-v1.zip
+  local zsha=${asset_sha[wikitext-2-raw-v1.zip]} zmin=${asset_bytes[wikitext-2-raw-v1.zip]}
+  echo "fetch    wikitext-2-raw/  <- $wikitext_zip_url"
+  if ! curl -fsSL --retry 3 --connect-timeout 20 -o "$zip" "$wikitext_zip_url"; then
+    echo "FAILED   wikitext-2-raw/ (download failed)" >&2
+    failed=1
+  elif ! check "$zip" "$zsha" "$zmin"; then
+    echo "FAILED   wikitext-2-raw/ (the zip: $(mismatch "$zip" "$zsha" "$zmin"))" >&2
+    failed=1
+  elif ! unzip -q -o "$zip" -d "$tmp"; then
+    echo "FAILED   wikitext-2-raw/ (unzip failed)" >&2
+    failed=1
+  else
+    echo "         sha256 $zsha (the zip, as pinned)"
+    mkdir -p "$dir/wikitext-2-raw"
+    for f in "${members[@]}"; do
+      local sha=${asset_sha[wikitext-2-raw/$f]} min=${asset_bytes[wikitext-2-raw/$f]}
+      if check "$tmp/wikitext-2-raw/$f" "$sha" "$min"; then
+        mv "$tmp/wikitext-2-raw/$f" "$dir/wikitext-2-raw/$f.part" && mv "$dir/wikitext-2-raw/$f.part" "$dir/wikitext-2-raw/$f"
+      else echo "FAILED   wikitext-2-raw/$f ($(mismatch "$tmp/wikitext-2-raw/$f" "$sha" "$min"))" >&2; failed=1; fi
+    done
+  fi
+  rm -rf "$tmp"
 }
-[ "$what" = agnews ] || fetch_wikitext
+
+# Sourced: the table and the functions only.
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then return 0; fi
+
+set -euo pipefail
+
+dir=${1:-${LORA_DATA_DIR:-$HOME/.cache/lora}}
+what=${2:-all}
+case $what in agnews|wikitext|all) ;; *) echo "fetch-assets: unknown set '$what' (agnews, wikitext or all)" >&2; exit 2;; esac
+mkdir -p "$dir"
+failed=0
+
+if [ "$what" != wikitext ]; then
+  for f in config.json vocab.txt model.safetensors; do fetch "models/distilbert-base-uncased/$f"; done
+  fetch agnews/train.csv
+  fetch agnews/test.csv
+fi
+if [ "$what" != agnews ]; then
+  for f in config.json vocab.json merges.txt model.safetensors; do fetch "models/distilgpt2/$f"; done
+  fetch_wikitext
+fi
 
 if [ $failed != 0 ]; then
   echo "fetch-assets: some files are missing in $dir (see above). Without network, copy them there by hand." >&2
