@@ -15,8 +15,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 mirror=${LORA_TRIXIE_MIRROR:-}
 if [ -z "$mirror" ]; then
   # The mirror the machine's own apt sources name (deb822 or one-line format).
-  mirror=$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-           | grep -v security | head -n1 || true)
+  # (Comment lines are skipped: they may name a snapshot archive that is not reachable.)
+  mirror=$(grep -hvE '^[[:space:]]*#' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+           | grep -oE 'https?://[^ ]+/debian/?' | grep -v security | head -n1 || true)
   mirror=${mirror:-http://deb.debian.org/debian}
 fi
 

@@ -13,8 +13,9 @@
 # with --jobs 2, see docs/results.md):
 #   agnews-alpha32         alpha 32, ranks 4/16/64, uniform/zero init, FullFT beside it
 #   agnews-alpha10r        alpha = 10r (scale 10 at every rank), same ranks and FullFT
-#   agnews-gaussian        gaussian A and B, sigma 1, r16
-#   agnews-gaussian-small  gaussian A and B, sigma 0.01, r16
+#   agnews-gaussian-1      gaussian A and B, sigma 1, r16 (alpha 32, experiment 1's grid)
+#   agnews-gaussian-0.1    the same with sigma 0.1
+#   agnews-gaussian-0.01   the same with sigma 0.01
 #   wikitext               GPT-2 projections vs FullFT on WikiText (trained on WikiText-103 text)
 #   wikitext-lm-head       LoRA on the tied lm_head only (the seed's probable setting)
 # The FullFT points of agnews-alpha32 are the same runs (same settings) as those that
@@ -30,7 +31,7 @@ if [ ! -f "$shared/fixtures/distilbert_news_small/model.safetensors" ]; then
 fi
 shared=$(cd "$shared" && pwd)
 jobs=${LORA_JOBS:-2}
-all=(agnews-alpha32 agnews-alpha10r agnews-gaussian agnews-gaussian-small wikitext wikitext-lm-head)
+all=(agnews-alpha32 agnews-alpha10r agnews-gaussian-1 agnews-gaussian-0.1 agnews-gaussian-0.01 wikitext wikitext-lm-head)
 experiments=("$@")
 [ ${#experiments[@]} -gt 0 ] || experiments=("${all[@]}")
 

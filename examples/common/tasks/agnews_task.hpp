@@ -175,16 +175,16 @@ inline sweep::ProgramSpec agnews_spec() {
                                        {"--lrs", {"3e-5", "1e-4", "3e-4", "6e-4", "1e-3", "2e-3", "3e-3", "6e-3"}},
                                        {"--alpha-per-rank", {"10"}},
                                        {"--full-lrs", full_lrs}})};
-  s.presets["small-gaussian"] = {"CPU-scale study, experiment 3: gaussian A and B with sigma 1, r16",
-                                 with({{"--ranks", {"16"}},
-                                       {"--lrs", {"1e-4", "1e-3", "1e-2"}},
-                                       {"--init", {"gaussian-gaussian"}},
-                                       {"--init-std", {"1"}}})};
-  s.presets["small-gaussian-small"] = {"CPU-scale study, experiment 3: gaussian A and B with sigma 0.01, r16",
-                                       with({{"--ranks", {"16"}},
-                                             {"--lrs", {"3e-4", "1e-3", "3e-3", "1e-2"}},
-                                             {"--init", {"gaussian-gaussian"}},
-                                             {"--init-std", {"0.01"}}})};
+  // Gaussian A and B (A, B ~ N(0, sigma^2)) at three sigmas, r16, on experiment 1's LoRA grid:
+  // sigma 1 (the seed's variant), 0.1 and 0.01 (where it stops collapsing).
+  for (const char* sigma : {"1", "0.1", "0.01"})
+    s.presets[std::string("small-gaussian-") + sigma] = {
+        std::string("CPU-scale study, experiment 3: gaussian A and B with sigma ") + sigma + ", r16, alpha 32",
+        with({{"--ranks", {"16"}},
+              {"--lrs", {"1e-4", "3e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2"}},
+              {"--alpha", {"32"}},
+              {"--init", {"gaussian-gaussian"}},
+              {"--init-std", {sigma}}})};
   s.add_flags = [](CLI::App& app, sweep::Options& o) {
     o.extra["padding"] = "dynamic";
     app.add_option("--padding", o.extra["padding"],
