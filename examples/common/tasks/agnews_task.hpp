@@ -181,7 +181,7 @@ inline sweep::ProgramSpec agnews_spec() {
     s.presets[std::string("small-gaussian-") + sigma] = {
         std::string("CPU-scale study, experiment 3: gaussian A and B with sigma ") + sigma + ", r16, alpha 32",
         with({{"--ranks", {"16"}},
-              {"--lrs", {"1e-4", "3e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2"}},
+              {"--lrs", {"3e-5", "1e-4", "3e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2"}},
               {"--alpha", {"32"}},
               {"--init", {"gaussian-gaussian"}},
               {"--init-std", {sigma}}})};
