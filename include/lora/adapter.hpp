@@ -2,7 +2,8 @@
 // (Adapter: A (r, in), B (out, r) and, for DoRA, the magnitude m (out)). The tensors are
 // registered under the layer as "lora_A.<name>.weight", "lora_B.<name>.weight" and
 // "lora_magnitude_vector.<name>.weight" (PEFT's in-memory names). lora::Linear and inject()
-// create adapters; functional.hpp has the formulas that apply them.
+// create adapters; functional.hpp has the formulas that apply them, and each adapter's
+// variant (plain LoRA or DoRA, lora/detail/variant.hpp) says which of them it uses.
 #pragma once
 
 #include <torch/autograd.h>
@@ -17,6 +18,10 @@
 #include "init.hpp"
 
 namespace lora {
+
+namespace detail {
+class Variant;
+}  // namespace detail
 
 /// What it takes to create one adapter on one layer (inject() fills it from Config).
 struct AdapterSpec {
@@ -44,9 +49,9 @@ struct Adapter {
   bool merged = false;  ///< merged into the base weight (lora::Linear::merge)
   /// DoRA's magnitude m (out), one value per output row; undefined for plain LoRA.
   torch::Tensor magnitude;
-  /// DoRA only, while merged: the row factor m / ||W + s B A|| the merge applied, (out, 1), so
-  /// that unmerge() inverts exactly that merge.
-  torch::Tensor merged_factor;
+  /// Its variant (plain LoRA or DoRA), which the layer asks how to create, apply and merge
+  /// the adapter; set by the layer that creates it (internal).
+  const detail::Variant* variant = nullptr;
 
   bool dora() const { return magnitude.defined(); }
 

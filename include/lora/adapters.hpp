@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "config.hpp"
-#include "detail/adapter_bank.hpp"
 #include "detail/layers.hpp"
+#include "detail/variant.hpp"
 #include "error.hpp"
 
 namespace lora {
@@ -77,10 +77,8 @@ class Adapters {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     for (size_t i = 0; i < layers_.size(); ++i) {
       const auto& a = adapter(layers_[i]);
-      const auto& path = infos_[i].path;
-      out.emplace_back(path + ".lora_A." + name_ + ".weight", a.A);
-      out.emplace_back(path + ".lora_B." + name_ + ".weight", a.B);
-      if (a.dora()) out.emplace_back(path + "." + detail::AdapterBank::kMagnitude + "." + name_ + ".weight", a.magnitude);
+      for (const auto& t : a.variant->tensors())
+        out.emplace_back(infos_[i].path + "." + t.holder + "." + name_ + ".weight", a.*t.member);
     }
     out.insert(out.end(), kept_.begin(), kept_.end());
     return out;
@@ -115,10 +113,13 @@ class Adapters {
     s << "lora: adapter '" << name_ << "' on " << infos_.size() << " layers (" << fast << " lora::Linear, "
       << infos_.size() - fast << " torch::nn::Linear); trainable " << trainable_parameter_count() << " of "
       << model_parameters_ << " parameters\n";
-    for (const auto& l : infos_)
+    for (size_t i = 0; i < infos_.size(); ++i) {
+      const auto& l = infos_[i];
+      const std::string variant = adapter(layers_[i]).variant->name();
       s << "  " << l.path << "  (" << l.out_features << " x " << l.in_features << ")  r=" << l.rank
-        << " alpha=" << l.alpha << " scale=" << l.scale << (config_.use_dora ? " dora" : "")
+        << " alpha=" << l.alpha << " scale=" << l.scale << (variant.empty() ? "" : " " + variant)
         << (l.kind == LayerKind::torch_linear ? "  [torch::nn::Linear, re-parametrized]" : "") << "\n";
+    }
     return s.str();
   }
 
@@ -207,10 +208,8 @@ class Adapters {
   /// The state_dict() keys of layer i with the tensors they name.
   std::vector<std::pair<std::string, torch::Tensor>> tensor_keys(size_t i) const {
     const auto& a = adapter(layers_[i]);
-    const auto& path = infos_[i].path;
-    std::vector<std::pair<std::string, torch::Tensor>> out = {{path + ".lora_A.weight", a.A},
-                                                              {path + ".lora_B.weight", a.B}};
-    if (a.dora()) out.emplace_back(path + "." + detail::AdapterBank::kMagnitude, a.magnitude);
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (const auto& t : a.variant->tensors()) out.emplace_back(infos_[i].path + "." + t.key, a.*t.member);
     return out;
   }
   std::vector<torch::Tensor> select(bool a_side) const {

@@ -3,10 +3,9 @@
 //   y = x W^T + b + sum over active adapters of s * (dropout(x) A^T) B^T
 // With no adapter (or adapters disabled) it computes exactly what torch::nn::Linear does.
 // Adapters are added, chosen, merged and removed through its member functions (inject() calls
-// them for you); adapter(name) reads one.
-// A DoRA adapter (AdapterSpec::use_dora) instead contributes (m/n - 1) x W^T + (m/n) s (dropout(x) A^T) B^T,
-// n = ||W + s B A||_row detached, so that alone it gives y = (m/n) (x W^T + s (dropout(x) A^T) B^T) + b
-// (see functional::add_dora).
+// them for you); adapter(name) reads one. Each adapter applies itself as its variant says
+// (detail/variant.hpp): a plain LoRA one adds the term above, a DoRA one (AdapterSpec::use_dora)
+// rescales the base output (detail/dora.hpp).
 #pragma once
 
 #include <torch/nn/functional/linear.h>
@@ -22,7 +21,7 @@
 
 #include "adapter.hpp"
 #include "detail/adapter_bank.hpp"
-#include "functional.hpp"
+#include "detail/variant.hpp"
 
 namespace lora {
 
@@ -56,20 +55,26 @@ class LinearImpl : public torch::nn::Module {
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
     const auto pending = bank_.pending();
-    for (const Adapter* a : pending)
-      if (a->dora()) return forward_dora(x, pending);
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
-    // The first adapter shares the base product's autograd node (functional::lora_linear);
-    // any further ones are added on top.
-    const Adapter& first = *pending.front();
-    auto y = functional::lora_linear(x, weight, bias, first.A, first.B, first.scale, first.dropout, is_training());
-    for (size_t i = 1; i < pending.size(); ++i)
-      y = functional::add_lora(y, x, pending[i]->A, pending[i]->B, pending[i]->scale, pending[i]->dropout,
-                               is_training());
-    return y;
+    detail::ForwardInput in{x, weight, {}, is_training()};
+    bool needs_base = false;
+    for (const Adapter* a : pending) needs_base |= a->variant->needs_base_output();
+    if (!needs_base) {
+      // The first adapter shares the base product's autograd node where its variant can
+      // (plain LoRA: functional::lora_linear); any further ones are applied on top.
+      auto y = pending.front()->variant->forward_first(*pending.front(), in, bias);
+      for (size_t i = 1; i < pending.size(); ++i) y = pending[i]->variant->forward(*pending[i], y, in);
+      return y;
+    }
+    // An adapter rescales the base output (DoRA): x W^T is computed once, without the bias,
+    // each adapter is applied in order, then the bias is added.
+    in.base = torch::nn::functional::linear(x, weight);
+    torch::Tensor y = in.base;
+    for (const Adapter* a : pending) y = a->variant->forward(*a, y, in);
+    return bias.defined() ? y + bias : y;
   }
 
-  /// Adds adapter `name`, created as `spec` says (rank, scale, init, DoRA, ...). `path` names
+  /// Adds adapter `name`, created as `spec` says (rank, scale, init, variant, ...). `path` names
   /// the layer in error messages. Throws ConfigError for a spec that does not fit the layer.
   const Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
     const auto& where = path.empty() ? std::string("lora::Linear") : path;
@@ -101,9 +106,11 @@ class LinearImpl : public torch::nn::Module {
   void pretty_print(std::ostream& stream) const override {
     stream << "lora::Linear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
            << ", bias=" << options.bias();
-    for (const auto& kv : bank_.adapters())
+    for (const auto& kv : bank_.adapters()) {
+      const std::string variant = kv.second.variant->name();
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
-             << (kv.second.dora() ? ", dora" : "") << (kv.second.merged ? ", merged" : "") << ")";
+             << (variant.empty() ? "" : ", " + variant) << (kv.second.merged ? ", merged" : "") << ")";
+    }
     stream << ")";
   }
 
@@ -112,25 +119,6 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor bias;    ///< (out) or undefined
 
  private:
-  /// forward() when a DoRA adapter is pending: base = x W^T is computed once (no bias), each
-  /// DoRA adapter turns it into (m/n) (base + s lora), each LoRA adapter adds s lora, then the
-  /// bias is added. With one DoRA adapter: y = (m/n) (x W^T + s (dropout(x) A^T) B^T) + b.
-  torch::Tensor forward_dora(const torch::Tensor& x, const std::vector<const Adapter*>& pending) {
-    const auto base = torch::nn::functional::linear(x, weight);  // (..., out), no bias
-    torch::Tensor y = base;
-    bool y_is_base = true;
-    for (const Adapter* a : pending) {
-      if (!a->dora()) {
-        y = functional::add_lora(y, x, a->A, a->B, a->scale, a->dropout, is_training());
-      } else {
-        auto t = functional::add_dora(base, x, weight, a->A, a->B, a->magnitude, a->scale, a->dropout, is_training());
-        y = y_is_base ? t : y + (t - base);
-      }
-      y_is_base = false;
-    }
-    return bias.defined() ? y + bias : y;
-  }
-
   detail::AdapterBank bank_;
 };
 

@@ -18,12 +18,12 @@
 
 #include "adapters.hpp"
 #include "config.hpp"
-#include "detail/adapter_bank.hpp"
 #include "detail/layers.hpp"
 #include "detail/match.hpp"
+#include "detail/peft_load_steps.hpp"
+#include "detail/variants.hpp"
 #include "error.hpp"
 #include "inject.hpp"
-#include "detail/peft_load_steps.hpp"
 #include "peft_config.hpp"
 #include "safetensors.hpp"
 #include "scaling.hpp"
@@ -113,32 +113,41 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
   cfg.freeze_base = options.freeze_base;
   cfg.allow_rank_above_min = true;  // PEFT allows r > min(in, out); the shapes are checked below
   cfg.targets.clear();
+  const auto& variant = lora::detail::variant_for(pc.use_dora);
   torch::OrderedDict<std::string, torch::Tensor> state;
   for (const auto& [hf, keys] : per_layer) {
     const lora::detail::Layer& l = *layer_by_hf.at(hf);
-    if (keys.A.empty() || keys.B.empty())
-      throw FileError(str("PEFT adapter file '", weights_path, "' has ", keys.A.empty() ? "no lora_A" : "no lora_B",
-                          " tensor for layer '", hf, "' (it has ", keys.A.empty() ? keys.B : keys.A, ")."));
-    if (pc.use_dora && keys.M.empty())
-      throw FileError(str("PEFT adapter '", dir, "' has use_dora true but no lora_magnitude_vector for layer '", hf,
-                          "'."));
-    if (!pc.use_dora && !keys.M.empty())
-      throw ConfigError(str("PEFT adapter '", dir, "' holds a DoRA magnitude for layer '", hf,
-                            "' but adapter_config.json says use_dora false. Fix use_dora."));
-    for (const auto* k : {&keys.A, &keys.B, &keys.M})
-      if (!k->empty()) detail::check_dtype(file, *k, weights_path);
-    const auto& a = file.info(keys.A).shape;
-    const auto& b = file.info(keys.B).shape;
+    const auto A = keys.of("lora_A"), B = keys.of("lora_B");
+    if (A.empty() || B.empty())
+      throw FileError(str("PEFT adapter file '", weights_path, "' has ", A.empty() ? "no lora_A" : "no lora_B",
+                          " tensor for layer '", hf, "' (it has ", A.empty() ? B : A, ")."));
+    // The tensors of the configured variant (DoRA's magnitude), and no other variant's.
+    for (const auto& t : variant.extra_tensors())
+      if (keys.of(t.holder).empty())
+        throw FileError(str("PEFT adapter '", dir, "' has ", variant.option(), " true but no ", t.holder,
+                            " for layer '", hf, "'."));
+    for (const auto& [holder, key] : keys.by_holder)
+      if (const auto* owner = lora::detail::variant_with(holder); owner && owner != &variant)
+        throw ConfigError(str("PEFT adapter '", dir, "' holds a ", holder, " tensor for layer '", hf,
+                              "', which only ", owner->option(), " adapters have, but adapter_config.json says ",
+                              owner->option(), " false. Fix ", owner->option(), "."));
+    for (const auto& kv : keys.by_holder) detail::check_dtype(file, kv.second, weights_path);
+    const auto& a = file.info(A).shape;
+    const auto& b = file.info(B).shape;
     const int64_t in = l.in_features(), out = l.out_features();
     if (a.size() != 2 || b.size() != 2 || a[1] != in || b[0] != out || a[0] != b[1])
       throw ShapeError(str("PEFT adapter '", dir, "': layer '", hf, "' has lora_A ", detail::shape_str(a), " and lora_B ",
                            detail::shape_str(b), " but the model's layer is (out ", out, ", in ", in,
                            "): expected lora_A (r, ", in, ") and lora_B (", out,
                            ", r). The adapter was trained on another model or model size."));
-    if (!keys.M.empty() && file.info(keys.M).shape != std::vector<int64_t>{out})
-      throw ShapeError(str("PEFT adapter '", dir, "': the magnitude vector of layer '", hf, "' has shape ",
-                           detail::shape_str(file.info(keys.M).shape), "; expected (", out, ")."));
     const int64_t r_file = a[0];
+    for (const auto& t : variant.extra_tensors()) {
+      const auto& shape = file.info(keys.of(t.holder)).shape;
+      if (shape != t.shape(out, in, r_file))
+        throw ShapeError(str("PEFT adapter '", dir, "': the ", t.holder, " tensor of layer '", hf, "' has shape ",
+                             detail::shape_str(shape), "; expected ", detail::shape_str(t.shape(out, in, r_file)),
+                             ". The adapter was trained on another model or model size."));
+    }
     const auto* rp = detail::pattern_value(pc.rank_pattern, hf, "rank_pattern");
     const auto* ap = detail::pattern_value(pc.alpha_pattern, hf, "alpha_pattern");
     const int64_t r = rp ? *rp : pc.r;
@@ -151,9 +160,7 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
     cfg.targets.push_back("re:" + detail::regex_escape(l.path));
     if (r != cfg.rank) cfg.rank_pattern[detail::regex_escape(l.path)] = r;
     if (alpha != cfg.alpha) cfg.alpha_pattern[detail::regex_escape(l.path)] = alpha;
-    state.insert(l.path + ".lora_A.weight", file.tensor(keys.A));
-    state.insert(l.path + ".lora_B.weight", file.tensor(keys.B));
-    if (!keys.M.empty()) state.insert(l.path + "." + lora::detail::AdapterBank::kMagnitude, file.tensor(keys.M));
+    for (const auto& t : variant.tensors()) state.insert(l.path + "." + t.key, file.tensor(keys.of(t.holder)));
   }
 
   // target_modules (and exclude_modules) must select exactly the layers in the file.

@@ -19,8 +19,8 @@
 
 #include "adapters.hpp"
 #include "config.hpp"
-#include "detail/adapter_bank.hpp"
 #include "detail/match.hpp"
+#include "detail/variants.hpp"
 #include "error.hpp"
 #include "peft_config.hpp"
 #include "safetensors.hpp"
@@ -177,7 +177,7 @@ inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& op
 }
 
 /// The tensors save() writes: "base_model.model.<HF path>.lora_A.weight", ".lora_B.weight",
-/// ".lora_magnitude_vector" (DoRA), and each kept-trainable parameter under
+/// a variant's own (DoRA: ".lora_magnitude_vector"), and each kept-trainable parameter under
 /// "base_model.model.<HF module path>.<param>" (PEFT strips "modules_to_save.<adapter>." on save).
 inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters& adapters,
                                                                  const SaveOptions& options = {}) {
@@ -186,9 +186,8 @@ inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters&
   const auto state = adapters.state_dict();
   for (const auto& l : adapters.layers()) {
     const auto hf = std::string(kPrefix) + options.mapping.hf_path(l.path);
-    out.insert(hf + ".lora_A.weight", state[l.path + ".lora_A.weight"]);
-    out.insert(hf + ".lora_B.weight", state[l.path + ".lora_B.weight"]);
-    if (const auto* m = state.find(l.path + "." + lora::detail::AdapterBank::kMagnitude)) out.insert(hf + ".lora_magnitude_vector", *m);
+    for (const auto& t : lora::detail::all_adapter_tensors())
+      if (const auto* found = state.find(l.path + "." + t.key)) out.insert(hf + "." + t.key, *found);
   }
   for (const auto& [path, t] : adapters.kept_parameters()) {
     const auto module = detail::kept_module(path, cfg.keep_trainable);

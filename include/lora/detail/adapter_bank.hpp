@@ -1,6 +1,6 @@
 // The adapters of one layer (AdapterBank): creates each named adapter with its init policy,
 // registers its tensors on the layer, keeps which adapters are active, merged and enabled,
-// and merges and unmerges them (LoRA: W + s B A; DoRA: (m / ||W + s B A||_row) (W + s B A)).
+// and merges and unmerges them, each as its variant says (detail/variant.hpp).
 // lora::Linear and the compatibility path (parametrization.hpp) each own one.
 #pragma once
 
@@ -15,14 +15,16 @@
 
 #include "../adapter.hpp"
 #include "../error.hpp"
-#include "../functional.hpp"
 #include "../init.hpp"
 #include "match.hpp"
+#include "variant.hpp"
+#include "variants.hpp"
 
 namespace lora::detail {
 
-/// The adapters of one layer, registered on that layer (the owner) as submodules
-/// "lora_A" and "lora_B", each with one child per adapter name holding "weight".
+/// The adapters of one layer, registered on that layer (the owner) as submodules "lora_A",
+/// "lora_B" (and a variant's own, e.g. "lora_magnitude_vector"), each with one child per
+/// adapter name holding "weight".
 class AdapterBank {
  public:
   /// Creates adapter `name` on `owner`, whose base weight is `weight` (out, in). Policies
@@ -46,44 +48,33 @@ class AdapterBank {
 
     const auto opts = weight.options().requires_grad(false);
     Adapter a;
-    if (spec.use_dora) {
-      // m starts as the row norms of W + s B A (W after any base-changing init), so the layer's
-      // output is unchanged at step 0 whatever the init.
-      torch::NoGradGuard no_grad;
-      auto norm = torch::addmm(ctx.weight, ctx.B, ctx.A, /*beta=*/1, /*alpha=*/spec.scale).norm(2, {1});
-      a.magnitude = norm.to(opts).detach().set_requires_grad(true);
-    }
+    a.variant = &variant_for(spec.use_dora);
     a.A = ctx.A.to(opts).set_requires_grad(true);
     a.B = ctx.B.to(opts).set_requires_grad(true);
     a.rank = spec.rank;
     a.alpha = spec.alpha;
     a.scale = spec.scale;
     a.dropout = spec.dropout;
+    a.variant->init(a, ctx, opts);
     if (spec.init.changes_base) {
       torch::NoGradGuard no_grad;
       weight.copy_(ctx.weight);
     }
-    holder(owner, "lora_A")->register_module(name, weight_holder(a.A));
-    holder(owner, "lora_B")->register_module(name, weight_holder(a.B));
-    if (a.dora()) holder(owner, kMagnitude)->register_module(name, weight_holder(a.magnitude));
-    // Keep the registered tensors as the ones we hold (register_parameter may wrap them).
-    a.A = holder(owner, "lora_A")->named_children()[name]->named_parameters(false)["weight"];
-    a.B = holder(owner, "lora_B")->named_children()[name]->named_parameters(false)["weight"];
-    if (a.dora()) a.magnitude = holder(owner, kMagnitude)->named_children()[name]->named_parameters(false)["weight"];
+    for (const auto& t : a.variant->tensors()) {
+      auto& tensor = a.*t.member;
+      holder(owner, t.holder)->register_module(name, weight_holder(tensor));
+      // Keep the registered tensor as the one we hold (register_parameter may wrap it).
+      tensor = holder(owner, t.holder)->named_children()[name]->named_parameters(false)["weight"];
+    }
     active_.push_back(name);
     return adapters_.emplace(name, std::move(a)).first->second;
   }
-
-  /// The holder module under which DoRA magnitudes are registered (PEFT's name).
-  static constexpr const char* kMagnitude = "lora_magnitude_vector";
 
   /// Removes adapter `name` (unmerging it first if it was merged into `weight`).
   void remove(torch::nn::Module& owner, const std::string& name, torch::Tensor weight) {
     auto& a = get(name);
     if (a.merged) unmerge(weight, name);
-    holder(owner, "lora_A")->unregister_module(name);
-    holder(owner, "lora_B")->unregister_module(name);
-    if (a.dora()) holder(owner, kMagnitude)->unregister_module(name);
+    for (const auto& t : a.variant->tensors()) holder(owner, t.holder)->unregister_module(name);
     adapters_.erase(name);
     active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
   }
@@ -118,42 +109,37 @@ class AdapterBank {
     enabled_ = on;
   }
 
-  /// Merges adapter `name`, or each active adapter if `name` is empty, into `weight`:
-  /// W <- W + s B A for LoRA, W <- (m / ||W + s B A||_row) (W + s B A) for DoRA (as PEFT).
+  /// Merges adapter `name`, or each active adapter if `name` is empty, into `weight`, as its
+  /// variant says (LoRA: W <- W + s B A).
   void merge(torch::Tensor weight, const std::string& name = "") {
     for (const auto& n : name.empty() ? active_ : std::vector<std::string>{name}) {
       auto& a = get(n);
       if (a.merged) continue;
-      torch::NoGradGuard no_grad;
-      if (a.dora()) {
-        a.merged_factor = dora_factor(a, weight);
-        weight.copy_(merge_one(a, weight, a.merged_factor));
-      } else {
-        weight.add_(a.delta_weight().to(weight.dtype()));
-      }
+      merged_.push_back({n, a.variant->merge(a, weight)});
       a.merged = true;
-      merge_order_.push_back(n);
     }
   }
   /// Takes adapter `name` (if merged), or every merged adapter if `name` is empty, back out of
-  /// `weight`. A DoRA merge rescales the whole weight, so adapters merged after `name` are
-  /// taken out first and merged again afterwards (LoRA merges commute and are left in place).
+  /// `weight`. Merges that only add commute and stay in place; if `name`'s or a later merge
+  /// does more (DoRA's rescales the whole weight), the adapters merged after `name` are taken
+  /// out first and merged again afterwards.
   void unmerge(torch::Tensor weight, const std::string& name = "") {
     if (name.empty()) {
-      while (!merge_order_.empty()) unmerge_last(weight);
+      while (!merged_.empty()) unmerge_last(weight);
       return;
     }
-    const auto it = std::find(merge_order_.begin(), merge_order_.end(), name);
-    if (it == merge_order_.end()) return;
-    bool rescaled_after = false;
-    for (auto j = it; j != merge_order_.end(); ++j) rescaled_after |= adapters_.at(*j).dora();
-    if (!rescaled_after) {
-      unmerge_one(adapters_.at(name), weight);
-      merge_order_.erase(it);
+    const auto it = std::find_if(merged_.begin(), merged_.end(), [&](const Merge& m) { return m.name == name; });
+    if (it == merged_.end()) return;
+    bool commute = true;
+    for (auto j = it; j != merged_.end(); ++j) commute &= adapters_.at(j->name).variant->merge_adds();
+    if (commute) {
+      unmerge_one(*it, weight);
+      merged_.erase(it);
       return;
     }
-    std::vector<std::string> later(it + 1, merge_order_.end());
-    while (merge_order_.back() != name) unmerge_last(weight);
+    std::vector<std::string> later;
+    for (auto j = it + 1; j != merged_.end(); ++j) later.push_back(j->name);
+    while (merged_.back().name != name) unmerge_last(weight);
     unmerge_last(weight);
     for (const auto& n : later) merge(weight, n);
   }
@@ -163,12 +149,7 @@ class AdapterBank {
   torch::Tensor merged_weight(const torch::Tensor& weight) const {
     torch::NoGradGuard no_grad;
     torch::Tensor w = weight.detach().clone();
-    for (const Adapter* a : pending()) {
-      if (a->dora())
-        w = merge_one(*a, w, dora_factor(*a, w));
-      else
-        w.add_(a->delta_weight().to(w.dtype()));
-    }
+    for (const Adapter* a : pending()) a->variant->merge(*a, w);
     return w;
   }
 
@@ -183,39 +164,22 @@ class AdapterBank {
     return out;
   }
 
-  /// Whether any adapter of this layer is a DoRA adapter.
-  bool has_dora() const {
-    for (const auto& kv : adapters_)
-      if (kv.second.dora()) return true;
-    return false;
-  }
 
  private:
-  /// DoRA's m / ||W + s B A||_row as an (out, 1) column, detached.
-  static torch::Tensor dora_factor(const Adapter& a, const torch::Tensor& weight) {
-    torch::NoGradGuard no_grad;
-    const auto norm = functional::dora_weight_norm(weight, a.A, a.B, a.scale);
-    return (a.magnitude.detach().to(norm.dtype()) / norm).unsqueeze(1);
-  }
-  /// factor * (W + s B A), a new tensor.
-  static torch::Tensor merge_one(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& factor) {
-    torch::NoGradGuard no_grad;
-    return (weight + a.delta_weight().to(weight.dtype())).mul_(factor.to(weight.dtype()));
-  }
+  /// One merged adapter, and what its variant's merge() returned to undo it.
+  struct Merge {
+    std::string name;
+    torch::Tensor record;
+  };
 
-  static void unmerge_one(Adapter& a, torch::Tensor& weight) {
-    torch::NoGradGuard no_grad;
-    if (a.dora()) {
-      weight.div_(a.merged_factor.to(weight.dtype())).sub_(a.delta_weight().to(weight.dtype()));
-      a.merged_factor = torch::Tensor();
-    } else {
-      weight.sub_(a.delta_weight().to(weight.dtype()));
-    }
+  void unmerge_one(const Merge& m, const torch::Tensor& weight) {
+    auto& a = adapters_.at(m.name);
+    a.variant->unmerge(a, weight, m.record);
     a.merged = false;
   }
-  void unmerge_last(torch::Tensor& weight) {
-    unmerge_one(adapters_.at(merge_order_.back()), weight);
-    merge_order_.pop_back();
+  void unmerge_last(const torch::Tensor& weight) {
+    unmerge_one(merged_.back(), weight);
+    merged_.pop_back();
   }
 
   void check_name(const std::string& layer_path, const std::string& name) const {
@@ -241,7 +205,7 @@ class AdapterBank {
 
   std::map<std::string, Adapter> adapters_;
   std::vector<std::string> active_;
-  std::vector<std::string> merge_order_;  ///< merged adapters, oldest first
+  std::vector<Merge> merged_;  ///< merged adapters, oldest first
   bool enabled_ = true;
 };
 

@@ -13,18 +13,21 @@
 #include <vector>
 
 #include "../linear.hpp"
-#include "adapter_bank.hpp"
 #include "parametrization.hpp"
+#include "variants.hpp"
 
 namespace lora::detail {
 
-/// True for the modules and parameters the library itself registers (adapter holders,
-/// parametrizations) and everything under them.
+/// True for the modules and parameters the library itself registers (the holders of every
+/// variant's adapter tensors, parametrizations) and everything under them.
 inline bool is_internal_path(const std::string& path) {
-  for (const char* part : {"lora_A", "lora_B", AdapterBank::kMagnitude, WeightParametrizationImpl::kChildName}) {
-    const std::string p = part;
+  static const std::vector<std::string> parts = [] {
+    std::vector<std::string> out = {WeightParametrizationImpl::kChildName};
+    for (const auto& t : all_adapter_tensors()) out.push_back(t.holder);
+    return out;
+  }();
+  for (const auto& p : parts)
     if (path == p || path.rfind(p + ".", 0) == 0 || path.find("." + p) != std::string::npos) return true;
-  }
   return false;
 }
 

@@ -22,6 +22,7 @@
 
 #include "../adapter.hpp"
 #include "adapter_bank.hpp"
+#include "variant.hpp"
 
 namespace lora::detail {
 
@@ -108,7 +109,8 @@ class WeightParametrizationImpl : public torch::nn::Module {
   bool has_pending_adapters() const { return !bank_.pending().empty(); }
   torch::Tensor merged_weight() const { return bank_.merged_weight(base_); }
 
-  /// Recomputes the owner's effective weight from the current A and B.
+  /// Recomputes the owner's effective weight from the current A and B (plain LoRA adapters:
+  /// check_adapter_spec lets no other variant onto this path).
   void sync() {
     auto& lin = owner();
     auto pending = bank_.pending();
@@ -152,11 +154,11 @@ class WeightParametrizationImpl : public torch::nn::Module {
   }
   template <typename F>
   void adapters_to(F&& move) {
-    for (const auto& kv : bank_.adapters()) {
-      auto A = kv.second.A, B = kv.second.B;  // same TensorImpl as the registered parameters
-      move(A);
-      move(B);
-    }
+    for (const auto& kv : bank_.adapters())
+      for (const auto& t : kv.second.variant->tensors()) {
+        auto tensor = kv.second.*t.member;  // same TensorImpl as the registered parameter
+        move(tensor);
+      }
   }
 
   AdapterBank bank_;

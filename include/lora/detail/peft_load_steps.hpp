@@ -5,7 +5,6 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <regex>
@@ -19,6 +18,7 @@
 #include "../safetensors.hpp"
 #include "layers.hpp"
 #include "match.hpp"
+#include "variants.hpp"
 
 namespace lora::peft {
 
@@ -50,9 +50,15 @@ inline std::map<std::string, std::string> hf_to_ours(torch::nn::Module& model, c
   return out;
 }
 
-/// The lora_A / lora_B / magnitude keys of one layer in the file.
+/// The adapter tensors of one layer in the file: holder ("lora_A", "lora_B", a variant's
+/// such as "lora_magnitude_vector") -> file key.
 struct LayerKeys {
-  std::string A, B, M;
+  std::map<std::string, std::string> by_holder;
+  /// The file key of `holder`'s tensor; empty if the file has none.
+  std::string of(const std::string& holder) const {
+    const auto it = by_holder.find(holder);
+    return it == by_holder.end() ? std::string() : it->second;
+  }
 };
 /// The file's tensors sorted: per adapted layer (HF path), the parameters of kept modules
 /// ("<HF module>.<param>" -> file key), and keys of neither kind.
@@ -78,19 +84,20 @@ inline SortedTensors sort_tensors(const safetensors::File& file,
     const auto& key = t.name;
     const auto rest = key.substr(prefix.size());
     std::string path;
-    auto layer_key = [&](const char* suffix) {
+    auto layer_key = [&](const std::string& suffix) {
       if (!detail::ends_with(rest, suffix)) return false;
-      path = rest.substr(0, rest.size() - std::strlen(suffix));
+      path = rest.substr(0, rest.size() - suffix.size());
       return true;
     };
-    if (layer_key(".lora_A.weight")) {
-      per_layer[path].A = key;
-    } else if (layer_key(".lora_B.weight")) {
-      per_layer[path].B = key;
-    } else if (layer_key(".lora_magnitude_vector") || layer_key(".lora_magnitude_vector.weight")) {
-      if (!per_layer[path].M.empty())
-        throw FileError(str("PEFT adapter file '", weights_path, "' holds two magnitude vectors for '", path, "'."));
-      per_layer[path].M = key;
+    // An adapter tensor is "<layer>.<key>"; "<layer>.<holder>.weight" (PEFT's older name of
+    // the DoRA magnitude) is read too.
+    const char* holder = nullptr;
+    for (const auto& t : lora::detail::all_adapter_tensors())
+      if (!holder && (layer_key(std::string(".") + t.key) || layer_key(std::string(".") + t.holder + ".weight")))
+        holder = t.holder;
+    if (holder) {
+      if (!per_layer[path].by_holder.emplace(holder, key).second)
+        throw FileError(str("PEFT adapter file '", weights_path, "' holds two ", holder, " tensors for '", path, "'."));
     } else {
       bool found = false;
       for (const auto& k : kept)

@@ -1,0 +1,115 @@
+// LoRA variants: what an adapter does beyond plain LoRA, behind one interface (as PEFT's
+// LoraVariant). Every adapter has A (r, in) and B (out, r); its variant says which tensors it
+// adds and how it creates them, how forward() applies the adapter, and how the adapter merges
+// into the base weight and comes back out. The code that creates, runs, merges and saves
+// adapters (AdapterBank, lora::Linear, lora::Adapters, lora::peft) asks the adapter's variant
+// instead of knowing any. Plain LoRA is PlainLora below; DoRA is detail/dora.hpp;
+// detail/variants.hpp lists the variants and picks one from the options.
+#pragma once
+
+#include <torch/nn/functional/linear.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "../adapter.hpp"
+#include "../functional.hpp"
+#include "../init.hpp"
+
+namespace lora::detail {
+
+/// One tensor of an adapter, with its names.
+struct AdapterTensor {
+  /// Registered on the layer as "<holder>.<adapter name>.weight" (PEFT's in-memory name).
+  const char* holder;
+  /// Named "<layer path>.<key>" in Adapters::state_dict() and "base_model.model.<HF path>.<key>"
+  /// in PEFT files.
+  const char* key;
+  /// Where the Adapter holds it.
+  torch::Tensor Adapter::*member;
+  /// Its shape on a layer (out, in) for rank r.
+  std::vector<int64_t> (*shape)(int64_t out, int64_t in, int64_t rank);
+};
+
+/// What lora::Linear::forward() hands each adapter's variant.
+struct ForwardInput {
+  torch::Tensor x;       ///< the layer's input (..., in)
+  torch::Tensor weight;  ///< the base weight W (out, in)
+  torch::Tensor base;    ///< x W^T (..., out), no bias; defined only if an adapter needs_base_output()
+  bool training = false;
+};
+
+/// What one kind of adapter does. The instances are stateless (detail/variants.hpp holds one of
+/// each); an adapter's own state lives in its Adapter, its merge state in what merge() returns.
+class Variant {
+ public:
+  virtual ~Variant() = default;
+
+  /// The name in summaries ("dora"); empty for plain LoRA.
+  virtual const char* name() const = 0;
+  /// The option that selects it, in Config, AdapterSpec and PEFT's adapter_config.json
+  /// ("use_dora"); empty for plain LoRA.
+  virtual const char* option() const = 0;
+  /// The tensors it adds to each adapter besides A and B.
+  virtual std::vector<AdapterTensor> extra_tensors() const { return {}; }
+  /// Every tensor of its adapters: A, B, then extra_tensors().
+  std::vector<AdapterTensor> tensors() const {
+    std::vector<AdapterTensor> out = {
+        {"lora_A", "lora_A.weight", &Adapter::A, [](int64_t, int64_t in, int64_t r) { return std::vector<int64_t>{r, in}; }},
+        {"lora_B", "lora_B.weight", &Adapter::B, [](int64_t out, int64_t, int64_t r) { return std::vector<int64_t>{out, r}; }}};
+    for (const auto& t : extra_tensors()) out.push_back(t);
+    return out;
+  }
+
+  /// Creates the extra tensors of `a` once its init policy has run: `ctx` holds A, B and the
+  /// base weight as the policy left them (CPU float32); `options` are the layer weight's
+  /// device and dtype. `a`'s rank, scale and dropout are set.
+  virtual void init(Adapter& /*a*/, const InitContext& /*ctx*/, const torch::TensorOptions& /*options*/) const {}
+
+  /// Whether forward() needs the base output alone (ForwardInput::base): a variant that
+  /// rescales it does; one that only adds a term to the output does not.
+  virtual bool needs_base_output() const { return false; }
+  /// The layer's output with adapter `a` applied to `y`, the output so far (..., out).
+  virtual torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const = 0;
+  /// x W^T + b with `a` applied, for the first adapter when none needs the base output: by
+  /// default the base product then forward(); plain LoRA fuses both into one autograd node.
+  virtual torch::Tensor forward_first(const Adapter& a, const ForwardInput& in, const torch::Tensor& bias) const {
+    return forward(a, torch::nn::functional::linear(in.x, in.weight, bias), in);
+  }
+
+  /// Whether merge() only adds to the weight: such merges commute, so one can come out while
+  /// those merged after it stay in.
+  virtual bool merge_adds() const { return true; }
+  /// Merges `a` into `weight` in place, without autograd. Returns what unmerge() needs to
+  /// invert exactly this merge (undefined if nothing).
+  virtual torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const = 0;
+  /// Takes `a` back out of `weight` in place; `record` is what its merge() returned.
+  virtual void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& record) const = 0;
+};
+
+/// Plain LoRA: adds s (dropout(x) A^T) B^T to the output; merges as W <- W + s B A.
+class PlainLora final : public Variant {
+ public:
+  const char* name() const override { return ""; }
+  const char* option() const override { return ""; }
+
+  torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
+    return functional::add_lora(y, in.x, a.A, a.B, a.scale, a.dropout, in.training);
+  }
+  torch::Tensor forward_first(const Adapter& a, const ForwardInput& in, const torch::Tensor& bias) const override {
+    return functional::lora_linear(in.x, in.weight, bias, a.A, a.B, a.scale, a.dropout, in.training);
+  }
+
+  torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const override {
+    torch::NoGradGuard no_grad;
+    weight.add_(a.delta_weight().to(weight.dtype()));
+    return {};
+  }
+  void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& /*record*/) const override {
+    torch::NoGradGuard no_grad;
+    weight.sub_(a.delta_weight().to(weight.dtype()));
+  }
+};
+
+}  // namespace lora::detail
