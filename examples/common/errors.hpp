@@ -1,32 +1,43 @@
-// What a program prints for an exception: the message, without LibTorch's stack frames.
-// A c10::Error's what() carries a backtrace of some 30 frames (LibTorch 1.13 always, 2.x with
-// TORCH_SHOW_CPP_STACKTRACES=1) that buries the one line a user needs; message() keeps the
-// first line of what_without_backtrace() (the error itself, e.g. "DefaultCPUAllocator: not
-// enough memory: you tried to allocate ... bytes."). Other exceptions print as what() says.
+// The example programs' own exceptions, apart from the library's lora::Error: a wrong flag, a
+// missing data file or a malformed CSV row is a failure of the program, not of the library.
+// What the library throws (lora::ConfigError from lora::inject, lora::FileError from
+// safetensors::load, ...) passes through the examples unchanged. Standard C++ only, so that the
+// readers that need no LibTorch (tokenizers, CSV) stay free of it. What a program prints for
+// any of them: error_message.hpp.
 #pragma once
 
-#include <c10/util/Exception.h>
-
-#include <exception>
+#include <stdexcept>
 #include <string>
 
-namespace errors {
+namespace examples {
 
-/// The first line of `text`, without trailing white space.
-inline std::string first_line(const std::string& text) {
-  std::string line = text.substr(0, text.find('\n'));
-  const auto end = line.find_last_not_of(" \t\r");
-  return end == std::string::npos ? "" : line.substr(0, end + 1);
-}
+/// Base of every exception the example code throws.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
 
-/// The message to print for `e`: a LibTorch error's first line, without stack frames; any
-/// other exception's what().
-inline std::string message(const std::exception& e) {
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
-    const std::string brief = first_line(c10->what_without_backtrace());
-    return "LibTorch error: " + (brief.empty() ? std::string("(no message)") : brief);
-  }
-  return e.what();
-}
+/// A command-line flag or value that is wrong: the message names the flag, the value and what
+/// is allowed. The sweep programs exit with status 2 for it.
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
 
-}  // namespace errors
+/// A file or folder that cannot be opened, read or written, or whose contents are not what it
+/// should hold (a malformed CSV row, a tokenizer vocabulary, a checkpoint, a point file). The
+/// message names the file.
+class FileError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Data, or an option describing it, that does not fit what is asked of it: a split larger than
+/// the file, a token id outside the vocabulary, a batch index out of range, model inputs or
+/// checkpoint tensors of the wrong shape.
+class DataError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace examples

@@ -7,8 +7,8 @@
 
 namespace lora {
 
-/// Writes `text` to `path` atomically: "<path>.tmp.<pid>", fsync, rename over `path`. `what`
-/// names the file in errors (e.g. "config.json").
+/// Writes `text` to `path` atomically: "<path>.tmp.<pid>", fsync, rename over `path`, fsync of
+/// the folder. `what` names the file in errors (e.g. "config.json").
 using detail::write_text_atomic;
 /// Reads the JSON file at `path`, key order kept; `what` names it in errors, `hint` is appended
 /// when it cannot be opened.

@@ -94,30 +94,30 @@ TEST_CASE("csv: CRLF, empty fields, blank lines, no final newline, BOM", "[data]
 
 TEST_CASE("csv: errors name the file and the line", "[data][csv]") {
   SECTION("unterminated quote: the line where the field starts") {
-    const auto msg = error_of([] { data::parse_csv("a,b\nc,d\n\"e,\nf\ng\n", "bad.csv"); });
+    const auto msg = error_of<examples::FileError>([] { data::parse_csv("a,b\nc,d\n\"e,\nf\ng\n", "bad.csv"); });
     INFO(msg);
     CHECK(contains(msg, "bad.csv:3:"));
     CHECK(contains(msg, "unterminated"));
   }
   SECTION("wrong number of fields, after a row with an embedded newline") {
-    const auto msg = error_of([] { data::parse_csv("a,b\n\"x\ny\",z\n1,2,3\n", "cols.csv"); });
+    const auto msg = error_of<examples::FileError>([] { data::parse_csv("a,b\n\"x\ny\",z\n1,2,3\n", "cols.csv"); });
     INFO(msg);
     CHECK(contains(msg, "cols.csv:4:"));
     CHECK(contains(msg, "3 fields, expected 2"));
   }
   SECTION("the expected count is checked on the first row too") {
-    const auto msg = error_of([] { data::parse_csv("a,b\n", "n.csv", 3); });
+    const auto msg = error_of<examples::FileError>([] { data::parse_csv("a,b\n", "n.csv", 3); });
     INFO(msg);
     CHECK(contains(msg, "n.csv:1:"));
     CHECK(contains(msg, "2 fields, expected 3"));
   }
   SECTION("text after a closing quote") {
-    const auto msg = error_of([] { data::parse_csv("a,b\n\"x\"y,z\n", "after.csv"); });
+    const auto msg = error_of<examples::FileError>([] { data::parse_csv("a,b\n\"x\"y,z\n", "after.csv"); });
     INFO(msg);
     CHECK(contains(msg, "after.csv:2:"));
   }
   SECTION("a missing file") {
-    const auto msg = error_of([] { data::read_csv("/nonexistent/dir/none.csv"); });
+    const auto msg = error_of<examples::FileError>([] { data::read_csv("/nonexistent/dir/none.csv"); });
     INFO(msg);
     CHECK(contains(msg, "/nonexistent/dir/none.csv"));
   }
@@ -172,7 +172,7 @@ TEST_CASE("agnews: the official test set", "[data][agnews]") {
 
 TEST_CASE("agnews: a class outside 1..4 names the file and line", "[data][agnews]") {
   const auto p = lora_test::temp_file("lora_test_agnews_bad.csv", "\"1\",\"t\",\"d\"\n\"5\",\"t\",\"d\"\n");
-  const auto msg = error_of([&] { data::read_agnews(p); });
+  const auto msg = error_of<examples::FileError>([&] { data::read_agnews(p); });
   INFO(msg);
   CHECK(contains(msg, p.string() + ":2:"));
   CHECK(contains(msg, "\"5\""));
@@ -210,7 +210,7 @@ TEST_CASE("agnews: the study's 90/10 split of the 14,995-row train subset", "[da
     CHECK(s.train.size() + s.val.size() == pool.size());
   }
   SECTION("the study's val 2,000 does not fit: a clear error") {
-    const auto msg = error_of([&] { data::split_train_val(pool, data::SplitOptions{}, path.string()); });
+    const auto msg = error_of<examples::DataError>([&] { data::split_train_val(pool, data::SplitOptions{}, path.string()); });
     INFO(msg);
     CHECK(contains(msg, "--val-size 2000"));
     CHECK(contains(msg, "1500"));
@@ -221,7 +221,7 @@ TEST_CASE("agnews: the study's 90/10 split of the 14,995-row train subset", "[da
     data::SplitOptions o;
     o.train_size = 13496;
     o.val_size = 100;
-    const auto msg = error_of([&] { data::split_train_val(pool, o, path.string()); });
+    const auto msg = error_of<examples::DataError>([&] { data::split_train_val(pool, o, path.string()); });
     INFO(msg);
     CHECK(contains(msg, "--train-size 13496"));
     CHECK(contains(msg, "13495"));
@@ -289,7 +289,7 @@ TEST_CASE("wikitext: a padded last block, its labels and the perplexity rule", "
   total += models::causal_lm_nll(torch::zeros({2, 3, v}), b.labels.slice(0, 1, 3));
   CHECK(total.tokens == 4);
   CHECK(total.nll == Approx(3 * std::log(16.0)).margin(1e-6));
-  CHECK(contains(error_of([] { data::make_blocks({1, 2}, 1); }), "block_size is 1"));
+  CHECK(contains(error_of<examples::DataError>([] { data::make_blocks({1, 2}, 1); }), "block_size is 1"));
 }
 
 TEST_CASE("wikitext: the real validation split", "[data][wikitext]") {
@@ -353,11 +353,11 @@ TEST_CASE("batching: dynamic padding, masks, labels, truncation, fixed length", 
     CHECK(data::padding_count(data::lengths_of(seqs), {{0, 1, 2, 3}}, o) == 4 * 8 - 11);
   }
   SECTION("errors") {
-    CHECK(contains(error_of([&] { data::collate_lm(seqs, {7}, o); }), "index 7"));
-    CHECK(contains(error_of([&] { data::collate_lm({{1}, {}}, {1}, o); }), "sequence 1 is empty"));
+    CHECK(contains(error_of<examples::DataError>([&] { data::collate_lm(seqs, {7}, o); }), "index 7"));
+    CHECK(contains(error_of<examples::DataError>([&] { data::collate_lm({{1}, {}}, {1}, o); }), "sequence 1 is empty"));
     o.batch_size = 0;
     std::mt19937_64 rng(1);
-    CHECK(contains(error_of([&] { data::plan_batches({1, 2}, o, rng); }), "batch_size is 0"));
+    CHECK(contains(error_of<examples::DataError>([&] { data::plan_batches({1, 2}, o, rng); }), "batch_size is 0"));
   }
 }
 

@@ -343,7 +343,7 @@ TEST_CASE("bert_tiniest, a BERT checkpoint, is refused by the DistilBERT loader"
   CHECK(contains(by_config, (dir / "config.json").string()));
 
   models::DistilBertForSequenceClassification model(tiny_distilbert());
-  const auto by_keys = error_of<lora::FileError>(
+  const auto by_keys = error_of<examples::FileError>(
       [&] { models::load_weights(*model, file, models::distilbert_layout(tiny_distilbert(), 0)); });
   INFO(by_keys);
   CHECK(contains(by_keys, "does not hold a DistilBERT model"));
@@ -354,7 +354,7 @@ TEST_CASE("A shape mismatch names the key and both shapes", "[models][checkpoint
   SECTION("a head of another size") {
     const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
     LORA_REQUIRE_PATH(dir);
-    const auto msg = error_of<lora::ShapeError>([&] { models::load_distilbert(dir.string(), 3, 0); });
+    const auto msg = error_of<examples::DataError>([&] { models::load_distilbert(dir.string(), 3, 0); });
     INFO(msg);
     CHECK(contains(msg, "'classifier.bias'"));
     CHECK(contains(msg, "[4]"));
@@ -366,7 +366,7 @@ TEST_CASE("A shape mismatch names the key and both shapes", "[models][checkpoint
     tensors.insert("transformer.h.0.mlp.c_fc.weight", torch::zeros({8, 16}));
     lora::safetensors::save((dir / "model.safetensors").string(), tensors);
     models::GPT2LMHeadModel model(tiny_gpt2());
-    const auto msg = error_of<lora::ShapeError>([&] {
+    const auto msg = error_of<examples::DataError>([&] {
       models::load_weights(*model, lora::safetensors::File((dir / "model.safetensors").string()),
                            models::gpt2_layout());
     });
@@ -437,7 +437,7 @@ TEST_CASE("F16 and BF16 checkpoints load into a float32 model", "[models][checkp
 
 TEST_CASE("A checkpoint folder without its files is refused, naming each one", "[models][checkpoint]") {
   const auto dir = temp_dir("empty");
-  const auto msg = error_of<lora::FileError>([&] { models::load_gpt2(dir.string()); });
+  const auto msg = error_of<examples::FileError>([&] { models::load_gpt2(dir.string()); });
   INFO(msg);
   CHECK(contains(msg, (dir / "config.json").string()));
   CHECK(contains(msg, (dir / "model.safetensors").string()));

@@ -253,7 +253,7 @@ TEST_CASE("sweep: LR strings and point keys", "[sweep]") {
   CHECK(sweep::column(p) == "full");
 
   const auto o = parse({"--lrs", "1e-4", "0.0001"});
-  const auto twice = error_of([&] { sweep::build_grid(o); });
+  const auto twice = error_of<examples::UsageError>([&] { sweep::build_grid(o); });
   CHECK(contains(twice, "lora_r16_lr1e-04_s42"));
   CHECK(contains(twice, "twice"));
 }
@@ -263,14 +263,14 @@ TEST_CASE("sweep: --shard parsing and slicing", "[sweep]") {
   CHECK(s.index == 1);
   CHECK(s.count == 4);
   for (const std::string bad : {"4/4", "0/0", "-1/2", "1/-2", "a/b", "3", "1/2/3", "", "/2", "1/"}) {
-    const auto e = error_of([&] { sweep::parse_shard(bad); });
+    const auto e = error_of<examples::UsageError>([&] { sweep::parse_shard(bad); });
     INFO(bad << " -> " << e);
     CHECK(contains(e, "--shard"));
     CHECK(contains(e, "'" + bad + "'"));
     CHECK(contains(e, "0 <= I < N"));
   }
-  CHECK(contains(error_of([] { parse({"--shard", "2/2"}); }), "I outside 0..N-1"));
-  CHECK(contains(error_of([] { parse({"--shard", "0/0"}); }), "N <= 0"));
+  CHECK(contains(error_of<examples::UsageError>([] { parse({"--shard", "2/2"}); }), "I outside 0..N-1"));
+  CHECK(contains(error_of<examples::UsageError>([] { parse({"--shard", "0/0"}); }), "N <= 0"));
 
   const auto grid = sweep::build_grid(parse({"--ranks", "2", "4", "8", "--lrs", "1e-3", "1e-2", "--full-finetune"}));
   REQUIRE(grid.size() == 8);
@@ -331,7 +331,7 @@ TEST_CASE("sweep: option parsing, presets and conversions", "[sweep]") {
     CHECK(o.max_len == 32);
     CHECK(o.targets == std::vector<std::string>{"fc1"});
     CHECK(o.lrs == std::vector<double>{1e-3});     // not given: the preset's
-    const auto e = error_of([] { parse({"--preset", "nope"}); });
+    const auto e = error_of<examples::UsageError>([] { parse({"--preset", "nope"}); });
     CHECK(contains(e, "--preset"));
     CHECK(contains(e, "'nope'"));
     CHECK(contains(e, "quick"));
@@ -348,7 +348,7 @@ TEST_CASE("sweep: option parsing, presets and conversions", "[sweep]") {
     CHECK(only.full_lrs == std::vector<double>{1e-4, 1e-3});
     CHECK(sweep::build_grid(only).size() == 2);
     CHECK(parse({"--ranks", "--full-lrs", "1e-5"}).ranks.empty());
-    CHECK(contains(error_of([] { parse({"--ranks", "none"}); }), "nothing to do"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--ranks", "none"}); }), "nothing to do"));
   }
   SECTION("alpha, scaling, init and the lora::Config") {
     const auto o = parse({"--ranks", "16", "--alpha-per-rank", "10", "--scaling", "alpha-over-rank", "--init",
@@ -364,27 +364,27 @@ TEST_CASE("sweep: option parsing, presets and conversions", "[sweep]") {
     const auto sqrt = parse({"--ranks", "16", "--scaling", "alpha-over-sqrt-rank"});
     const auto cs = sweep::to_lora_config(sqrt, sweep::build_grid(sqrt).front());
     CHECK(std::abs(cs.scaling.scale(cs.alpha, cs.rank) - 8.0) < 1e-12);
-    CHECK(contains(error_of([] { parse({"--alpha", "8", "--alpha-per-rank", "2"}); }), "--alpha"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--alpha", "8", "--alpha-per-rank", "2"}); }), "--alpha"));
     const auto dora = parse({"--dora"});
     CHECK(sweep::to_lora_config(dora, sweep::build_grid(dora).front()).use_dora);
     CHECK(!sweep::to_lora_config(o, grid.front()).use_dora);
   }
   SECTION("bad values name the flag, the value and what is allowed") {
-    const auto scaling = error_of([] { parse({"--scaling", "alpha-over-r"}); });
+    const auto scaling = error_of<examples::UsageError>([] { parse({"--scaling", "alpha-over-r"}); });
     CHECK(contains(scaling, "--scaling"));
     CHECK(contains(scaling, "'alpha-over-r'"));
     CHECK(contains(scaling, "alpha-over-sqrt-rank"));
-    const auto init = error_of([] { parse({"--init", "kaiming"}); });
+    const auto init = error_of<examples::UsageError>([] { parse({"--init", "kaiming"}); });
     CHECK(contains(init, "--init"));
     CHECK(contains(init, "pissa"));
-    CHECK(contains(error_of([] { parse({"--lrs", "1e-4", "fast"}); }), "--lrs: 'fast'"));
-    CHECK(contains(error_of([] { parse({"--lrs", "-1e-4"}); }), "--lrs: '-1e-4'"));
-    CHECK(contains(error_of([] { parse({"--epochs", "0"}); }), "--epochs: '0'"));
-    CHECK(contains(error_of([] { parse({"--ranks", "16", "x"}); }), "--ranks: 'x'"));
-    CHECK(contains(error_of([] { parse({"--device", "tpu"}); }), "cpu, cuda, cuda:N"));
-    CHECK(contains(error_of([] { parse({"--rank", "4", "--ranks", "8"}); }), "--rank"));
-    CHECK(contains(error_of([] { parse({"--merge", "--shard", "0/2"}); }), "--merge"));
-    CHECK(contains(error_of([] { parse({"--bogus"}); }), "--bogus"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--lrs", "1e-4", "fast"}); }), "--lrs: 'fast'"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--lrs", "-1e-4"}); }), "--lrs: '-1e-4'"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--epochs", "0"}); }), "--epochs: '0'"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--ranks", "16", "x"}); }), "--ranks: 'x'"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--device", "tpu"}); }), "cpu, cuda, cuda:N"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--rank", "4", "--ranks", "8"}); }), "--rank"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--merge", "--shard", "0/2"}); }), "--merge"));
+    CHECK(contains(error_of<examples::UsageError>([] { parse({"--bogus"}); }), "--bogus"));
   }
   SECTION("--help and task flags") {
     bool helped = false;
@@ -546,7 +546,7 @@ TEST_CASE("sweep: a 2-LR x 2-rank + FullFT sweep writes every output and resumes
   const auto other = toy_options(dir, {"--lrs", "3e-3", "3e-2", "--ranks", "2", "4", "--full-finetune", "--alpha", "8"});
   ToyTask third(other);
   std::ostringstream sink3;
-  const auto e = error_of([&] { sweep::run_sweep(other, third, quiet(sink3)); });
+  const auto e = error_of<examples::Error>([&] { sweep::run_sweep(other, third, quiet(sink3)); });
   CHECK(contains(e, "other settings"));
   CHECK(contains(e, "alpha"));
 
@@ -653,7 +653,7 @@ TEST_CASE("sweep: --shard 0/2 + --shard 1/2 + --merge equal one unsharded run", 
   const auto empty = temp_dir("empty");
   auto none = toy_options(empty, args);
   ToyTask tn(none);
-  CHECK(contains(error_of([&] { sweep::run_sweep(none, tn, quiet(sink)); }), "no finished point"));
+  CHECK(contains(error_of<examples::Error>([&] { sweep::run_sweep(none, tn, quiet(sink)); }), "no finished point"));
   for (const auto& d : {one, split, empty}) cleanup(d);
 }
 
@@ -846,7 +846,7 @@ TEST_CASE("sweep: a truncated point file stops the sweep, named, and is kept as 
   const auto text = lora_test::read_text(file);
   std::ofstream(file, std::ios::trunc) << text.substr(0, text.size() / 2);
   ToyTask again(o);
-  const auto e = error_of([&] { sweep::run_sweep(o, again, quiet(sink)); });
+  const auto e = error_of<examples::FileError>([&] { sweep::run_sweep(o, again, quiet(sink)); });
   CHECK(contains(e, file.string()));
   CHECK(contains(e, "not a valid point file"));
   CHECK(again.runs == 0);
@@ -873,7 +873,7 @@ TEST_CASE("sweep: an --out that cannot be written stops the sweep before trainin
   const auto o = toy_options(dir, {"--lrs", "3e-3", "--ranks", "2"});
   std::ostringstream sink;
   ToyTask task(o);
-  const auto e = error_of([&] { sweep::run_sweep(o, task, quiet(sink)); });
+  const auto e = error_of<examples::FileError>([&] { sweep::run_sweep(o, task, quiet(sink)); });
   CHECK(contains(e, "cannot create"));
   CHECK(task.runs == 0);
   fs::permissions(dir / "points", fs::perms::owner_all);
@@ -890,7 +890,7 @@ TEST_CASE("sweep: a point file whose seed is out of range is refused, not read",
   for (const auto& bad : {json(-3), json(3.5), json("3")}) {
     doc["settings"]["seed"] = bad;
     INFO(bad.dump());
-    CHECK(contains(error_of([&] { sweep::record_from_json(doc, "test_acc"); }), "settings.seed"));
+    CHECK(contains(error_of<examples::DataError>([&] { sweep::record_from_json(doc, "test_acc"); }), "settings.seed"));
   }
   doc["settings"]["seed"] = 3;
   CHECK(sweep::record_from_json(doc, "test_acc").seed == 3);

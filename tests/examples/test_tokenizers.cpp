@@ -3,7 +3,7 @@
 // WikiText-2, invalid UTF-8, BERT's normalisation steps one by one, and loading errors.
 #include "support.hpp"
 
-#include <lora/error.hpp>
+#include "errors.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -273,7 +273,7 @@ TEST_CASE("WordPiece normalisation steps", "[tokenizers]") {
     CHECK(wp.id("##ble") == ids[5]);
     CHECK(wp.id("no-such-token") == wp.unk_id());
     CHECK(wp.token(101) == "[CLS]");
-    CHECK(lora_test::contains(lora_test::error_of<lora::Error>([&] { wp.decode({30522}); }), "30522"));
+    CHECK(lora_test::contains(lora_test::error_of<examples::DataError>([&] { wp.decode({30522}); }), "30522"));
   }
   SECTION("special-token strings in text are plain text") {
     CHECK(wp.tokenize("[SEP]") == Tokens{"[", "sep", "]"});
@@ -293,7 +293,7 @@ TEST_CASE("WordPiece truncation and batches", "[tokenizers]") {
     CHECK(wp.encode(text, true, 11) == full);
     CHECK(wp.encode(text, true, 2) == Ids{wp.cls_id(), wp.sep_id()});
     CHECK(wp.encode(text, false, 3) == Ids{full[1], full[2], full[3]});
-    CHECK(lora_test::contains(lora_test::error_of<lora::Error>([&] { wp.encode(text, true, 1); }), "max_length"));
+    CHECK(lora_test::contains(lora_test::error_of<examples::DataError>([&] { wp.encode(text, true, 1); }), "max_length"));
   }
   SECTION("padding to the longest row, with an attention mask") {
     const auto b = wp.encode_batch({text, "hello", ""});
@@ -316,7 +316,7 @@ TEST_CASE("WordPiece truncation and batches", "[tokenizers]") {
     const auto longest = wp.encode_batch({text, "hello"}, 5);
     CHECK(longest.cols == 5);
     CHECK(lora_test::contains(
-        lora_test::error_of<lora::Error>([&] { wp.encode_batch({text}, 0, Padding::kMaxLength); }), "max_length"));
+        lora_test::error_of<examples::DataError>([&] { wp.encode_batch({text}, 0, Padding::kMaxLength); }), "max_length"));
   }
 }
 
@@ -363,28 +363,28 @@ TEST_CASE("Unicode helpers: decoding, Python lowercasing, NFD", "[tokenizers]") 
 
 TEST_CASE("Tokenizer loading errors name the file", "[tokenizers]") {
   SECTION("missing WordPiece vocabulary") {
-    const auto msg = lora_test::error_of<lora::FileError>([] { WordPieceTokenizer("/nonexistent/dir/vocab.txt"); });
+    const auto msg = lora_test::error_of<examples::FileError>([] { WordPieceTokenizer("/nonexistent/dir/vocab.txt"); });
     CHECK(lora_test::contains(msg, "/nonexistent/dir/vocab.txt"));
     CHECK(lora_test::contains(msg, "vocab.txt of an uncased BERT model"));
   }
   SECTION("WordPiece vocabulary without a special token") {
     const auto path = lora_test::temp_file("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n");
-    const auto msg = lora_test::error_of<lora::FileError>([&] { WordPieceTokenizer{path}; });
+    const auto msg = lora_test::error_of<examples::FileError>([&] { WordPieceTokenizer{path}; });
     CHECK(lora_test::contains(msg, path.string()));
     CHECK(lora_test::contains(msg, "[MASK]"));
     fs::remove_all(path.parent_path());
   }
   SECTION("missing BPE files") {
-    const auto msg = lora_test::error_of<lora::FileError>([] { BpeTokenizer("/nonexistent/vocab.json", "/nonexistent/merges.txt"); });
+    const auto msg = lora_test::error_of<examples::FileError>([] { BpeTokenizer("/nonexistent/vocab.json", "/nonexistent/merges.txt"); });
     CHECK(lora_test::contains(msg, "/nonexistent/vocab.json"));
     LORA_REQUIRE_PATH(gpt2_vocab());
-    const auto msg2 = lora_test::error_of<lora::FileError>([] { BpeTokenizer(gpt2_vocab(), "/nonexistent/merges.txt"); });
+    const auto msg2 = lora_test::error_of<examples::FileError>([] { BpeTokenizer(gpt2_vocab(), "/nonexistent/merges.txt"); });
     CHECK(lora_test::contains(msg2, "/nonexistent/merges.txt"));
   }
   SECTION("malformed merges.txt") {
     LORA_REQUIRE_PATH(gpt2_vocab());
     const auto path = lora_test::temp_file("merges.txt", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0 a b\n");
-    const auto msg = lora_test::error_of<lora::FileError>([&] { BpeTokenizer(gpt2_vocab(), path); });
+    const auto msg = lora_test::error_of<examples::FileError>([&] { BpeTokenizer(gpt2_vocab(), path); });
     CHECK(lora_test::contains(msg, path.string()));
     CHECK(lora_test::contains(msg, "line 3"));
     fs::remove_all(path.parent_path());

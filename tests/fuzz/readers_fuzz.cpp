@@ -33,7 +33,7 @@
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_WIKITEXT
 #include "data/wikitext.hpp"
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_SWEEP_POINT
-#include "sweep/report.hpp"
+#include "sweep/analysis.hpp"
 #else
 #error "LORA_FUZZ_TARGET must be 1..7 (see CMakeLists.txt)"
 #endif
@@ -108,7 +108,7 @@ void one_input(const std::string& in) {
     const auto ids = tok.encode("Hello, un-affable WORLD! caf\xC3\xA9 \xE4\xBD\xA0\xE5\xA5\xBD [SEP] \xFF x");
     for (auto id : ids) fuzz::expect(id >= 0 && static_cast<size_t>(id) < tok.vocab_size(), "id outside the vocabulary");
     (void)tok.decode(ids);
-  } catch (const lora::Error& e) {
+  } catch (const examples::Error& e) {
     fuzz::rejected(e, {path});
   }
 }
@@ -174,7 +174,7 @@ void one_input(const std::string& in) {
     for (auto id : ids) fuzz::expect(id >= 0 && static_cast<size_t>(id) < tok.vocab_size(), "id outside the vocabulary");
     fuzz::expect(tok.decode(ids) == sample, "decode(encode(x)) != x with a vocabulary the loader accepted");
     fuzz::expect(tok.eos_id() >= 0 && static_cast<size_t>(tok.eos_id()) < tok.vocab_size(), "eos id outside the vocabulary");
-  } catch (const lora::Error& e) {
+  } catch (const examples::Error& e) {
     fuzz::rejected(e, {vocab_path, merges_path});
   }
 }
@@ -242,7 +242,7 @@ void one_input(const std::string& in) {
     const auto rows = data::read_agnews(path);
     fuzz::expect(rows.size() <= in.size() / 5 + 1, "more rows than the bytes allow");
     for (const auto& r : rows) fuzz::expect(r.label >= 0 && r.label < 4, "label outside 0..3");
-  } catch (const lora::Error& e) {
+  } catch (const examples::Error& e) {
     fuzz::rejected(e, {path});
   }
 }
@@ -279,9 +279,9 @@ void one_input(const std::string& in) {
     fuzz::expect(total == split.tokens, "the blocks do not hold the token stream");
     fuzz::expect(split.predicted == split.tokens - static_cast<std::int64_t>(split.blocks.size()), "wrong target count");
     fuzz::expect(split.lines > 0, "no lines, no error");
-  } catch (const lora::ConfigError& e) {
-    fuzz::expect(block < 2, std::string("a ConfigError for block size ") + std::to_string(block) + ": " + e.what());
-  } catch (const lora::Error& e) {
+  } catch (const examples::DataError& e) {
+    fuzz::expect(block < 2, std::string("a DataError for block size ") + std::to_string(block) + ": " + e.what());
+  } catch (const examples::Error& e) {
     fuzz::rejected(e, {path});
   }
 }
@@ -330,7 +330,7 @@ void one_input(const std::string& in) {
     const auto rec = sweep::record_from_json(doc, "test_acc");
     fuzz::expect(rec.column == "full" || rec.column.rfind("lora_r", 0) == 0, "a record without a column");
   } catch (const nlohmann::json::exception&) {
-  } catch (const lora::Error&) {  // out-of-range seed or rank: refused, named by load_done
+  } catch (const examples::DataError&) {  // out-of-range seed or rank: refused, named by load_done
   }
 }
 #endif

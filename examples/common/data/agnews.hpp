@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "errors.hpp"
 #include "data/batching.hpp"
 #include "data/csv.hpp"
 
@@ -43,8 +44,8 @@ namespace detail {
 inline std::int64_t agnews_label(const CsvRow& row, const std::string& source) {
   const std::string& c = row.fields[0];
   if (c.size() != 1 || c[0] < '1' || c[0] > '4')
-    throw lora::FileError(lora::detail::str(source, ":", row.line, ": AG-News class is \"", c,
-                                            "\", expected 1, 2, 3 or 4; is this an ag_news_csv file?"));
+    throw examples::FileError(lora::detail::str(source, ":", row.line, ": AG-News class is \"", c,
+                                                "\", expected 1, 2, 3 or 4; is this an ag_news_csv file?"));
   return c[0] - '1';
 }
 
@@ -82,16 +83,16 @@ inline TrainValSplit split_train_val(const std::vector<Example>& pool, const Spl
                                      const std::string& source) {
   using lora::detail::str;
   if (!(o.val_fraction > 0.0 && o.val_fraction < 1.0))
-    throw lora::ConfigError(str("val_fraction is ", o.val_fraction, "; it must lie strictly between 0 and 1"));
+    throw examples::DataError(str("val_fraction is ", o.val_fraction, "; it must lie strictly between 0 and 1"));
   const std::size_t n = pool.size(), n_val = val_part_size(n, o.val_fraction), n_train = n - n_val;
   if (o.train_size > n_train)
-    throw lora::ConfigError(str("--train-size ", o.train_size, " exceeds the ", n_train, " rows of the ",
-                                100 - 100 * o.val_fraction, "% part of ", source, " (", n,
-                                " rows); pass --train-size ", n_train, " or less, or a larger train file"));
+    throw examples::DataError(str("--train-size ", o.train_size, " exceeds the ", n_train, " rows of the ",
+                                  100 - 100 * o.val_fraction, "% part of ", source, " (", n,
+                                  " rows); pass --train-size ", n_train, " or less, or a larger train file"));
   if (o.val_size > n_val)
-    throw lora::ConfigError(str("--val-size ", o.val_size, " exceeds the ", n_val, " rows of the ",
-                                100 * o.val_fraction, "% part of ", source, " (", n, " rows); pass --val-size ",
-                                n_val, " or less, or a larger train file"));
+    throw examples::DataError(str("--val-size ", o.val_size, " exceeds the ", n_val, " rows of the ",
+                                  100 * o.val_fraction, "% part of ", source, " (", n, " rows); pass --val-size ",
+                                  n_val, " or less, or a larger train file"));
   const auto order = permutation(n, o.seed);
   TrainValSplit s;
   s.train.reserve(o.train_size);

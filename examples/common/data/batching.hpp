@@ -31,6 +31,8 @@
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
+
 namespace data {
 
 // ---------------------------------------------------------------------------------------------
@@ -94,12 +96,13 @@ namespace detail {
 
 inline void check(const BatchOptions& o) {
   using lora::detail::str;
-  if (o.batch_size < 1) throw lora::ConfigError(str("batch_size is ", o.batch_size, "; it must be at least 1"));
-  if (o.max_len < 1) throw lora::ConfigError(str("max_len is ", o.max_len, "; it must be at least 1"));
+  if (o.batch_size < 1) throw examples::DataError(str("batch_size is ", o.batch_size, "; it must be at least 1"));
+  if (o.max_len < 1) throw examples::DataError(str("max_len is ", o.max_len, "; it must be at least 1"));
   if (o.bucket_batches < 0)
-    throw lora::ConfigError(str("bucket_batches is ", o.bucket_batches, "; use 0 (no bucketing) or a positive count"));
+    throw examples::DataError(
+        str("bucket_batches is ", o.bucket_batches, "; use 0 (no bucketing) or a positive count"));
   if (o.mask_dtype != torch::kInt64 && o.mask_dtype != torch::kBool)
-    throw lora::ConfigError(str("mask_dtype is ", o.mask_dtype, "; use torch::kInt64 or torch::kBool"));
+    throw examples::DataError(str("mask_dtype is ", o.mask_dtype, "; use torch::kInt64 or torch::kBool"));
 }
 
 /// How many ids of a sequence of `len` ids are fed (after truncation).
@@ -139,13 +142,13 @@ inline std::pair<torch::Tensor, torch::Tensor> pad(const std::vector<std::vector
                                                    const std::vector<std::size_t>& batch, const BatchOptions& o) {
   using lora::detail::str;
   check(o);
-  if (batch.empty()) throw lora::ConfigError("collate: the batch holds no example indices");
+  if (batch.empty()) throw examples::DataError("collate: the batch holds no example indices");
   std::int64_t width = 0;
   for (std::size_t i : batch) {
     if (i >= seqs.size())
-      throw lora::ConfigError(str("collate: example index ", i, " is out of range (", seqs.size(), " sequences)"));
+      throw examples::DataError(str("collate: example index ", i, " is out of range (", seqs.size(), " sequences)"));
     if (seqs[i].empty())
-      throw lora::ConfigError(str("collate: sequence ", i, " is empty; drop empty examples before batching"));
+      throw examples::DataError(str("collate: sequence ", i, " is empty; drop empty examples before batching"));
     width = std::max(width, fed_length(static_cast<std::int64_t>(seqs[i].size()), o));
   }
   if (o.padding == Padding::Fixed) width = o.max_len;
@@ -222,8 +225,8 @@ inline Batch collate_classification(const std::vector<std::vector<std::int64_t>>
                                     const std::vector<std::int64_t>& labels, const std::vector<std::size_t>& batch,
                                     const BatchOptions& o) {
   if (labels.size() != seqs.size())
-    throw lora::ConfigError(lora::detail::str("collate_classification: ", seqs.size(), " sequences but ",
-                                              labels.size(), " labels; pass one label per sequence"));
+    throw examples::DataError(lora::detail::str("collate_classification: ", seqs.size(), " sequences but ",
+                                                labels.size(), " labels; pass one label per sequence"));
   auto [ids, mask] = detail::pad(seqs, batch, o);
   std::vector<std::int64_t> y;
   y.reserve(batch.size());

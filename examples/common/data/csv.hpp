@@ -1,6 +1,6 @@
 // An RFC 4180 CSV reader: comma-separated fields, optionally double-quoted; inside quotes a
 // doubled quote `""` is one `"`, and commas and line breaks are data. Records end with LF or
-// CRLF. Every row must have the same number of fields. Errors throw lora::FileError naming
+// CRLF. Every row must have the same number of fields. Errors throw examples::FileError naming
 // the source and the line.
 //
 // Choices beyond the RFC, stated:
@@ -21,6 +21,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "errors.hpp"
 
 namespace data {
 
@@ -63,7 +65,7 @@ class CsvScanner {
   }
 
   [[noreturn]] void fail(std::size_t line, const std::string& what) const {
-    throw lora::FileError(lora::detail::str(source_, ":", line, ": ", what));
+    throw examples::FileError(lora::detail::str(source_, ":", line, ": ", what));
   }
 
  private:
@@ -138,7 +140,8 @@ inline std::vector<CsvRow> parse_csv(std::string_view text, const std::string& s
 inline std::vector<CsvRow> read_csv(const std::filesystem::path& path, std::size_t expected_fields = 0) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
-    throw lora::FileError(lora::detail::str("cannot open CSV file ", path.string(), "; check that the path exists"));
+    throw examples::FileError(
+        lora::detail::str("cannot open CSV file ", path.string(), "; check that the path exists"));
   std::ostringstream text;
   text << in.rdbuf();
   return parse_csv(text.str(), path.string(), expected_fields);

@@ -36,6 +36,8 @@
 #include <string>
 #include <vector>
 
+#include "errors.hpp"
+
 namespace data {
 
 /// Text -> token ids. Any tokenizer fits; this header does not depend on one.
@@ -44,7 +46,9 @@ using Tokenize = std::function<std::vector<std::int64_t>(const std::string&)>;
 /// Every line of a text file, each with its final "\n" (a last line without one is kept as is).
 inline std::vector<std::string> read_lines(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw lora::FileError(lora::detail::str("cannot open text file ", path.string(), "; check that the path exists"));
+  if (!in)
+    throw examples::FileError(
+        lora::detail::str("cannot open text file ", path.string(), "; check that the path exists"));
   std::vector<std::string> lines;
   std::string line;
   while (std::getline(in, line)) {
@@ -70,7 +74,7 @@ inline std::vector<std::string> text_lines(const std::vector<std::string>& lines
 
 /// The ids of each line, concatenated (rule 2).
 inline std::vector<std::int64_t> token_stream(const std::vector<std::string>& lines, const Tokenize& tokenize) {
-  if (!tokenize) throw lora::ConfigError("token_stream: no tokenizer given");
+  if (!tokenize) throw examples::DataError("token_stream: no tokenizer given");
   std::vector<std::int64_t> stream;
   for (const auto& l : lines) {
     const auto ids = tokenize(l);
@@ -83,8 +87,8 @@ inline std::vector<std::int64_t> token_stream(const std::vector<std::string>& li
 inline std::vector<std::vector<std::int64_t>> make_blocks(const std::vector<std::int64_t>& stream,
                                                           std::int64_t block_size) {
   if (block_size < 2)
-    throw lora::ConfigError(lora::detail::str("block_size is ", block_size,
-                                              "; it must be at least 2 (a block's first token is never predicted)"));
+    throw examples::DataError(lora::detail::str("block_size is ", block_size,
+                                                "; it must be at least 2 (a block's first token is never predicted)"));
   std::vector<std::vector<std::int64_t>> blocks;
   const auto bs = static_cast<std::size_t>(block_size);
   for (std::size_t start = 0; start < stream.size(); start += bs) {
@@ -114,7 +118,7 @@ struct LmSplit {
 inline LmSplit load_wikitext(const std::filesystem::path& path, const Tokenize& tokenize, std::int64_t block_size) {
   const auto lines = text_lines(read_lines(path));
   if (lines.empty())
-    throw lora::FileError(lora::detail::str(path.string(), " holds no text lines; is it a WikiText .raw file?"));
+    throw examples::FileError(lora::detail::str(path.string(), " holds no text lines; is it a WikiText .raw file?"));
   const auto stream = token_stream(lines, tokenize);
   LmSplit s;
   s.blocks = make_blocks(stream, block_size);

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "../errors.hpp"
 #include "distilbert.hpp"
 #include "gpt2.hpp"
 #include "hub_config.hpp"
@@ -111,9 +112,9 @@ inline void hf_init(torch::Tensor t, double std, at::Generator& gen) {
 }  // namespace detail
 
 /// Copies the tensors of `file` into `model` by name (see CheckpointLayout), checking everything
-/// before changing anything. Throws lora::ShapeError on a shape mismatch (naming the key and both
-/// shapes), and lora::FileError when the file does not hold this architecture or lacks tensors
-/// the model needs that cannot be initialised.
+/// before changing anything. Throws examples::DataError on a shape mismatch (naming the key and
+/// both shapes), and examples::FileError when the file does not hold this architecture or lacks
+/// tensors the model needs that cannot be initialised.
 inline LoadReport load_weights(torch::nn::Module& model, const lora::safetensors::File& file,
                                const CheckpointLayout& layout) {
   using lora::detail::str;
@@ -138,18 +139,18 @@ inline LoadReport load_weights(torch::nn::Module& model, const lora::safetensors
     if (transpose) std::swap(shape[0], shape[1]);
     const auto expected = params[key].sizes();
     if (at::IntArrayRef(shape) != expected)
-      throw lora::ShapeError(str("checkpoint '", file.path(), "': tensor '", info.name, "' has shape ",
-                                 at::IntArrayRef(info.shape), transpose ? " (stored as (in, out))" : "",
-                                 " but the model's '", key, "' has shape ", expected,
-                                 ". The checkpoint and config.json (or the requested number of labels) disagree: "
-                                 "use the config.json saved with this checkpoint."));
+      throw examples::DataError(str("checkpoint '", file.path(), "': tensor '", info.name, "' has shape ",
+                                    at::IntArrayRef(info.shape), transpose ? " (stored as (in, out))" : "",
+                                    " but the model's '", key, "' has shape ", expected,
+                                    ". The checkpoint and config.json (or the requested number of labels) disagree: "
+                                    "use the config.json saved with this checkpoint."));
     plan.emplace_back(info.name, key);
   }
   if (plan.empty())
-    throw lora::FileError(str("checkpoint '", file.path(), "' does not hold a ", layout.architecture,
-                              " model: none of its ", file.tensors().size(), " tensors (", detail::some(report.unused),
-                              ") has a ", layout.architecture, " name such as '", params.begin()->key(),
-                              "'. Point the loader at a ", layout.architecture, " checkpoint."));
+    throw examples::FileError(str("checkpoint '", file.path(), "' does not hold a ", layout.architecture,
+                                  " model: none of its ", file.tensors().size(), " tensors (", detail::some(report.unused),
+                                  ") has a ", layout.architecture, " name such as '", params.begin()->key(),
+                                  "'. Point the loader at a ", layout.architecture, " checkpoint."));
 
   // What the file does not fill: tied to a tensor it fills, initialisable, or an error.
   std::set<std::string> filled;
@@ -168,9 +169,9 @@ inline LoadReport load_weights(torch::nn::Module& model, const lora::safetensors
       lacking.push_back(key);
   }
   if (!lacking.empty())
-    throw lora::FileError(str("checkpoint '", file.path(), "' lacks ", lacking.size(), " tensors the ",
-                              layout.architecture, " model needs: ", detail::some(lacking),
-                              ". Check that config.json (n_layers, ...) belongs to this checkpoint."));
+    throw examples::FileError(str("checkpoint '", file.path(), "' lacks ", lacking.size(), " tensors the ",
+                                  layout.architecture, " model needs: ", detail::some(lacking),
+                                  ". Check that config.json (n_layers, ...) belongs to this checkpoint."));
 
   // Copy, then initialise what is missing.
   torch::NoGradGuard no_grad;
@@ -305,7 +306,7 @@ struct Loaded {
 
 namespace detail {
 
-/// dir/config.json and dir/model.safetensors; throws lora::FileError naming each one missing.
+/// dir/config.json and dir/model.safetensors; throws examples::FileError naming each one missing.
 inline std::pair<std::string, std::string> checkpoint_files(const std::string& dir) {
   namespace fs = std::filesystem;
   const fs::path config = fs::path(dir) / "config.json", weights = fs::path(dir) / "model.safetensors";
@@ -313,9 +314,9 @@ inline std::pair<std::string, std::string> checkpoint_files(const std::string& d
   for (const auto& p : {config, weights})
     if (!fs::is_regular_file(p)) absent.push_back(p.string());
   if (!absent.empty())
-    throw lora::FileError(str("checkpoint folder '", dir, "' lacks ", join(absent),
-                              ". Download both config.json and model.safetensors of the model from the Hugging Face "
-                              "Hub into that folder (pytorch_model.bin is not read)."));
+    throw examples::FileError(str("checkpoint folder '", dir, "' lacks ", join(absent),
+                                  ". Download both config.json and model.safetensors of the model from the Hugging Face "
+                                  "Hub into that folder (pytorch_model.bin is not read)."));
   return {config.string(), weights.string()};
 }
 

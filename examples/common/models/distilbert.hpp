@@ -1,7 +1,9 @@
 // DistilBERT (Sanh et al. 2019), ported from HF transformers' modeling_distilbert.py: the
 // encoder (DistilBertModel) and the sequence-classification and masked-LM heads. Module names
 // are the checkpoint keys, so a Hub state dict loads by name (models/checkpoint.hpp). Every
-// projection is a lora::Linear, so LoRA targets them by their Hub names (q_lin, v_lin, ...).
+// projection is a lora::Linear, so LoRA targets them by their Hub names (q_lin, v_lin, ...);
+// the classification model also comes with torch::nn::Linear projections
+// (DistilBertForSequenceClassificationT<torch::nn::Linear>), for the compatibility path.
 #pragma once
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -121,8 +123,7 @@ inline torch::Tensor dropout(const torch::Tensor& x, torch::nn::Dropout& module)
 
 /// Multi-head scaled dot-product attention of the projections q, k, v (B, T, C), with
 /// `masked` (B, 1, 1, T) true at padding keys (or undefined) and `dropout` on the attention
-/// weights -> the context (B, T, C), before the output projection. Shared with models built
-/// the same way from other layers (bench/lora_bench's plain torch::nn::Linear copy).
+/// weights -> the context (B, T, C), before the output projection.
 ///
 /// HF's formula, softmax(masked_fill(q k^T / sqrt(hd), mask, lowest)) v, with no temporary
 /// it does not need: q, k, v are copied once each to (B * nh, T, hd) for bmm (a copy matmul
@@ -193,14 +194,21 @@ class DistilBertEmbeddingsImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DistilBertEmbeddings);
 
+// The modules with projections are templates on their `Linear` layer: lora::Linear, the
+// library's own layer, in the examples' models (DistilBertModel, ...: the names without "T"), or
+// torch::nn::Linear for the same model adapted through the library's compatibility path
+// (bench/lora_bench times the two). XImplT<Linear> is the module, XT<Linear> its holder, and
+// XImpl and X are the two with lora::Linear.
+
 /// Multi-head self-attention with a padding mask.
-class DistilBertAttentionImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertAttentionImplT : public torch::nn::Module {
  public:
-  explicit DistilBertAttentionImpl(const DistilBertConfig& c) : n_heads(c.n_heads) {
-    q_lin = register_module("q_lin", lora::Linear(c.dim, c.dim));
-    k_lin = register_module("k_lin", lora::Linear(c.dim, c.dim));
-    v_lin = register_module("v_lin", lora::Linear(c.dim, c.dim));
-    out_lin = register_module("out_lin", lora::Linear(c.dim, c.dim));
+  explicit DistilBertAttentionImplT(const DistilBertConfig& c) : n_heads(c.n_heads) {
+    q_lin = register_module("q_lin", Linear(c.dim, c.dim));
+    k_lin = register_module("k_lin", Linear(c.dim, c.dim));
+    v_lin = register_module("v_lin", Linear(c.dim, c.dim));
+    out_lin = register_module("out_lin", Linear(c.dim, c.dim));
     dropout = register_module("dropout", torch::nn::Dropout(c.attention_dropout));
   }
 
@@ -210,17 +218,21 @@ class DistilBertAttentionImpl : public torch::nn::Module {
   }
 
   int64_t n_heads;
-  lora::Linear q_lin{nullptr}, k_lin{nullptr}, v_lin{nullptr}, out_lin{nullptr};
+  Linear q_lin{nullptr}, k_lin{nullptr}, v_lin{nullptr}, out_lin{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-TORCH_MODULE(DistilBertAttention);
+template <typename Linear>
+using DistilBertAttentionT = torch::nn::ModuleHolder<DistilBertAttentionImplT<Linear>>;
+using DistilBertAttentionImpl = DistilBertAttentionImplT<lora::Linear>;
+using DistilBertAttention = DistilBertAttentionT<lora::Linear>;
 
 /// lin1 -> activation -> lin2 -> dropout.
-class DistilBertFFNImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertFFNImplT : public torch::nn::Module {
  public:
-  explicit DistilBertFFNImpl(const DistilBertConfig& c) : activation(c.activation) {
-    lin1 = register_module("lin1", lora::Linear(c.dim, c.hidden_dim));
-    lin2 = register_module("lin2", lora::Linear(c.hidden_dim, c.dim));
+  explicit DistilBertFFNImplT(const DistilBertConfig& c) : activation(c.activation) {
+    lin1 = register_module("lin1", Linear(c.dim, c.hidden_dim));
+    lin2 = register_module("lin2", Linear(c.hidden_dim, c.dim));
     dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
   }
 
@@ -230,19 +242,23 @@ class DistilBertFFNImpl : public torch::nn::Module {
   }
 
   Activation activation;
-  lora::Linear lin1{nullptr}, lin2{nullptr};
+  Linear lin1{nullptr}, lin2{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-TORCH_MODULE(DistilBertFFN);
+template <typename Linear>
+using DistilBertFFNT = torch::nn::ModuleHolder<DistilBertFFNImplT<Linear>>;
+using DistilBertFFNImpl = DistilBertFFNImplT<lora::Linear>;
+using DistilBertFFN = DistilBertFFNT<lora::Linear>;
 
 /// A post-norm transformer block: x = LN(x + attn(x)); x = LN(x + ffn(x)).
-class DistilBertBlockImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertBlockImplT : public torch::nn::Module {
  public:
-  explicit DistilBertBlockImpl(const DistilBertConfig& c) {
+  explicit DistilBertBlockImplT(const DistilBertConfig& c) {
     const auto ln = torch::nn::LayerNormOptions({c.dim}).eps(1e-12);
-    attention = register_module("attention", DistilBertAttention(c));
+    attention = register_module("attention", DistilBertAttentionT<Linear>(c));
     sa_layer_norm = register_module("sa_layer_norm", torch::nn::LayerNorm(ln));
-    ffn = register_module("ffn", DistilBertFFN(c));
+    ffn = register_module("ffn", DistilBertFFNT<Linear>(c));
     output_layer_norm = register_module("output_layer_norm", torch::nn::LayerNorm(ln));
   }
 
@@ -252,37 +268,45 @@ class DistilBertBlockImpl : public torch::nn::Module {
     return output_layer_norm(ffn(h) + h);              // (B, T, C)
   }
 
-  DistilBertAttention attention{nullptr};
+  DistilBertAttentionT<Linear> attention{nullptr};
   torch::nn::LayerNorm sa_layer_norm{nullptr};
-  DistilBertFFN ffn{nullptr};
+  DistilBertFFNT<Linear> ffn{nullptr};
   torch::nn::LayerNorm output_layer_norm{nullptr};
 };
-TORCH_MODULE(DistilBertBlock);
+template <typename Linear>
+using DistilBertBlockT = torch::nn::ModuleHolder<DistilBertBlockImplT<Linear>>;
+using DistilBertBlockImpl = DistilBertBlockImplT<lora::Linear>;
+using DistilBertBlock = DistilBertBlockT<lora::Linear>;
 
 /// The stack of blocks, registered as "layer.N" (HF's `Transformer`).
-class DistilBertTransformerImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertTransformerImplT : public torch::nn::Module {
  public:
-  explicit DistilBertTransformerImpl(const DistilBertConfig& c) {
+  explicit DistilBertTransformerImplT(const DistilBertConfig& c) {
     layer = register_module("layer", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.n_layers; ++i) layer->push_back(DistilBertBlock(c));
+    for (int64_t i = 0; i < c.n_layers; ++i) layer->push_back(DistilBertBlockT<Linear>(c));
   }
 
   /// x (B, T, C), masked (B, 1, 1, T) or undefined -> (B, T, C)
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& masked) {
-    for (const auto& block : *layer) x = block->as<DistilBertBlockImpl>()->forward(x, masked);
+    for (const auto& block : *layer) x = block->as<DistilBertBlockImplT<Linear>>()->forward(x, masked);
     return x;
   }
 
   torch::nn::ModuleList layer{nullptr};
 };
-TORCH_MODULE(DistilBertTransformer);
+template <typename Linear>
+using DistilBertTransformerT = torch::nn::ModuleHolder<DistilBertTransformerImplT<Linear>>;
+using DistilBertTransformerImpl = DistilBertTransformerImplT<lora::Linear>;
+using DistilBertTransformer = DistilBertTransformerT<lora::Linear>;
 
 /// The bare encoder (HF's DistilBertModel): embeddings then the transformer.
-class DistilBertModelImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertModelImplT : public torch::nn::Module {
  public:
-  explicit DistilBertModelImpl(const DistilBertConfig& c, const torch::Tensor& tied_word_weight = {}) : config(c) {
+  explicit DistilBertModelImplT(const DistilBertConfig& c, const torch::Tensor& tied_word_weight = {}) : config(c) {
     embeddings = register_module("embeddings", DistilBertEmbeddings(c, tied_word_weight));
-    transformer = register_module("transformer", DistilBertTransformer(c));
+    transformer = register_module("transformer", DistilBertTransformerT<Linear>(c));
   }
 
   /// input_ids (B, T) int64; attention_mask (B, T), 1 = attend, 0 = padding, or undefined
@@ -294,9 +318,12 @@ class DistilBertModelImpl : public torch::nn::Module {
 
   DistilBertConfig config;
   DistilBertEmbeddings embeddings{nullptr};
-  DistilBertTransformer transformer{nullptr};
+  DistilBertTransformerT<Linear> transformer{nullptr};
 };
-TORCH_MODULE(DistilBertModel);
+template <typename Linear>
+using DistilBertModelT = torch::nn::ModuleHolder<DistilBertModelImplT<Linear>>;
+using DistilBertModelImpl = DistilBertModelImplT<lora::Linear>;
+using DistilBertModel = DistilBertModelT<lora::Linear>;
 
 /// What the DistilBERT heads return.
 struct DistilBertOutput {
@@ -306,12 +333,13 @@ struct DistilBertOutput {
 
 /// HF's DistilBertForSequenceClassification: the encoder, then on the first token (CLS)
 /// pre_classifier -> ReLU -> dropout(seq_classif_dropout) -> classifier.
-class DistilBertForSequenceClassificationImpl : public torch::nn::Module {
+template <typename Linear>
+class DistilBertForSequenceClassificationImplT : public torch::nn::Module {
  public:
-  explicit DistilBertForSequenceClassificationImpl(const DistilBertConfig& c) : config(c) {
-    distilbert = register_module("distilbert", DistilBertModel(c));
-    pre_classifier = register_module("pre_classifier", lora::Linear(c.dim, c.dim));
-    classifier = register_module("classifier", lora::Linear(c.dim, c.num_labels));
+  explicit DistilBertForSequenceClassificationImplT(const DistilBertConfig& c) : config(c) {
+    distilbert = register_module("distilbert", DistilBertModelT<Linear>(c));
+    pre_classifier = register_module("pre_classifier", Linear(c.dim, c.dim));
+    classifier = register_module("classifier", Linear(c.dim, c.num_labels));
     dropout = register_module("dropout", torch::nn::Dropout(c.seq_classif_dropout));
   }
 
@@ -324,11 +352,14 @@ class DistilBertForSequenceClassificationImpl : public torch::nn::Module {
   }
 
   DistilBertConfig config;
-  DistilBertModel distilbert{nullptr};
-  lora::Linear pre_classifier{nullptr}, classifier{nullptr};
+  DistilBertModelT<Linear> distilbert{nullptr};
+  Linear pre_classifier{nullptr}, classifier{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-TORCH_MODULE(DistilBertForSequenceClassification);
+template <typename Linear>
+using DistilBertForSequenceClassificationT = torch::nn::ModuleHolder<DistilBertForSequenceClassificationImplT<Linear>>;
+using DistilBertForSequenceClassificationImpl = DistilBertForSequenceClassificationImplT<lora::Linear>;
+using DistilBertForSequenceClassification = DistilBertForSequenceClassificationT<lora::Linear>;
 
 /// HF's DistilBertForMaskedLM: the encoder, then vocab_transform -> activation ->
 /// vocab_layer_norm (eps 1e-12) -> vocab_projector, whose weight is the word embedding matrix.

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "../errors.hpp"
 #include "checkpoint.hpp"
 #include "distilbert.hpp"
 #include "gpt2.hpp"
@@ -88,9 +89,9 @@ inline torch::OrderedDict<std::string, torch::Tensor> merged_state(torch::nn::Mo
       const bool differs = is_merged || merged_keys.count(seen->second);
       if (!differs) continue;
       if (!layout.can_untie)
-        throw lora::Error(str(layout.architecture, " merged export: '", k, "' and '", seen->second,
-                              "' are one tensor in this model, and an adapter on one of them would untie them, "
-                              "which this model cannot load back. Leave that layer out of the adapter's targets."));
+        throw examples::DataError(str(layout.architecture, " merged export: '", k, "' and '", seen->second,
+                                      "' are one tensor in this model, and an adapter on one of them would untie them, "
+                                      "which this model cannot load back. Leave that layer out of the adapter's targets."));
       report.untied = true;
     } else {
       first_name.emplace(impl, k);
@@ -133,7 +134,8 @@ inline void write_checkpoint(const std::string& dir, const torch::OrderedDict<st
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) throw lora::FileError(lora::detail::str("merged export: cannot create folder '", dir, "': ", ec.message()));
+  if (ec)
+    throw examples::FileError(lora::detail::str("merged export: cannot create folder '", dir, "': ", ec.message()));
   lora::safetensors::save((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   lora::write_text_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n", "config.json");
 }
@@ -233,7 +235,7 @@ inline ExportReport export_merged(DistilBertForSequenceClassification& model, co
 
 /// DistilBertForMaskedLM -> `dir` as transformers saves it (vocab_projector.weight, tied to the
 /// word embeddings, left out). An adapter on vocab_projector cannot be exported merged (this
-/// model always ties the two): lora::Error.
+/// model always ties the two): examples::DataError.
 inline ExportReport export_merged(DistilBertForMaskedLM& model, const std::string& dir) {
   ExportReport report;
   report.dir = dir;

@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "../errors.hpp"
 #include "hub_config.hpp"
 
 namespace models {
@@ -163,8 +164,8 @@ namespace detail {
 inline std::pair<torch::Tensor, torch::Tensor> shift_for_next_token(const torch::Tensor& logits,
                                                                     const torch::Tensor& labels) {
   if (logits.dim() != 3 || labels.sizes() != logits.sizes().slice(0, 2))
-    throw lora::ShapeError(lora::detail::str("causal LM loss: logits ", logits.sizes(), " and labels ", labels.sizes(),
-                                             " do not fit; expected (B, T, V) and (B, T)."));
+    throw examples::DataError(lora::detail::str("causal LM loss: logits ", logits.sizes(), " and labels ", labels.sizes(),
+                                                " do not fit; expected (B, T, V) and (B, T)."));
   const auto T = logits.size(1), V = logits.size(2);
   return {logits.narrow(1, 0, std::max<int64_t>(T - 1, 0)).reshape({-1, V}),
           labels.narrow(1, std::min<int64_t>(1, T), std::max<int64_t>(T - 1, 0)).reshape({-1})};
@@ -203,7 +204,7 @@ struct TokenNll {
   }
   /// exp(mean NLL per counted target).
   double perplexity() const {
-    if (tokens <= 0) throw lora::ConfigError("perplexity: no predicted tokens were summed");
+    if (tokens <= 0) throw examples::DataError("perplexity: no predicted tokens were summed");
     return std::exp(nll / static_cast<double>(tokens));
   }
 };

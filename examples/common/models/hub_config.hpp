@@ -13,13 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "../errors.hpp"
+
 namespace models {
 
 /// A config.json that cannot be used. The message names the file, the field, the value seen
 /// and what to do.
-class HubConfigError : public lora::Error {
+class HubConfigError : public examples::FileError {
  public:
-  using Error::Error;
+  using FileError::FileError;
 };
 
 /// The activations HF configs name (ACT2FN keys) that these models support.
@@ -110,18 +112,19 @@ using lora::detail::str;
 /// Reads the fields of one config.json; absent and null fields take the given default.
 class ConfigReader {
  public:
-  /// Parses the JSON file at `path`; throws lora::FileError if it cannot be read or parsed.
+  /// Parses the JSON file at `path`; throws examples::FileError if it cannot be read or parsed.
   explicit ConfigReader(const std::string& path) : path_(path) {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw lora::FileError(str("cannot open config file '", path, "'. Check the path."));
+    if (!in) throw examples::FileError(str("cannot open config file '", path, "'. Check the path."));
     try {
       json_ = nlohmann::json::parse(in);
     } catch (const nlohmann::json::exception& e) {
-      throw lora::FileError(
+      throw examples::FileError(
           str("config file '", path, "' is not valid JSON (", e.what(), "). Download config.json again."));
     }
     if (!json_.is_object())
-      throw lora::FileError(str("config file '", path, "' holds a JSON ", json_.type_name(), "; expected an object."));
+      throw examples::FileError(
+          str("config file '", path, "' holds a JSON ", json_.type_name(), "; expected an object."));
   }
 
   const std::string& path() const { return path_; }
@@ -252,14 +255,14 @@ inline void require_model_type(const std::string& path, const std::string& seen_
 inline void check_inputs(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, int64_t max_len,
                          const char* model) {
   if (input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
-    throw lora::ShapeError(str(model, ": input_ids must be a (batch, tokens) int64 tensor; got ", input_ids.sizes(),
-                               " ", input_ids.scalar_type(), "."));
+    throw examples::DataError(str(model, ": input_ids must be a (batch, tokens) int64 tensor; got ", input_ids.sizes(),
+                                  " ", input_ids.scalar_type(), "."));
   if (input_ids.size(1) > max_len)
-    throw lora::ShapeError(str(model, ": ", input_ids.size(1), " tokens exceed the model's ", max_len,
-                               " positions. Truncate the input to at most ", max_len, " tokens."));
+    throw examples::DataError(str(model, ": ", input_ids.size(1), " tokens exceed the model's ", max_len,
+                                  " positions. Truncate the input to at most ", max_len, " tokens."));
   if (attention_mask.defined() && attention_mask.sizes() != input_ids.sizes())
-    throw lora::ShapeError(str(model, ": attention_mask has shape ", attention_mask.sizes(), " but input_ids has ",
-                               input_ids.sizes(), "; they must match."));
+    throw examples::DataError(str(model, ": attention_mask has shape ", attention_mask.sizes(), " but input_ids has ",
+                                  input_ids.sizes(), "; they must match."));
 }
 
 }  // namespace detail

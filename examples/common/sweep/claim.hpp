@@ -18,24 +18,26 @@
 #include <string>
 #include <utility>
 
+#include "errors.hpp"
+
 namespace sweep {
 
 class PointClaim {
  public:
   /// Claims `lock_file` (created when absent) without waiting: nothing when another process
-  /// holds it. Throws lora::FileError when the file cannot be created.
+  /// holds it. Throws examples::FileError when the file cannot be created.
   static std::optional<PointClaim> try_claim(const std::filesystem::path& lock_file) {
     const int fd = ::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-      throw lora::FileError("cannot create the lock file '" + lock_file.string() + "': " + std::strerror(errno) +
-                            ". Check that --out is writable.");
+      throw examples::FileError("cannot create the lock file '" + lock_file.string() + "': " + std::strerror(errno) +
+                                ". Check that --out is writable.");
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno == EINTR) continue;
       const int err = errno;
       ::close(fd);
       if (err == EWOULDBLOCK) return std::nullopt;
-      throw lora::FileError("cannot lock '" + lock_file.string() + "': " + std::strerror(err) +
-                            ". Use a local file system for --out (flock is needed).");
+      throw examples::FileError("cannot lock '" + lock_file.string() + "': " + std::strerror(err) +
+                                ". Use a local file system for --out (flock is needed).");
     }
     return PointClaim(fd);
   }

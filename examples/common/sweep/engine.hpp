@@ -1,6 +1,7 @@
 // The sweep engine: runs the points of this shard that are not done yet, writes each one to
 // out/points/<key>.json atomically the moment it finishes, and turns the point files into
-// results.json, summary.md and plot.svg/png (report.hpp, plot.hpp). Model-independent: a
+// results.json, summary.md and plot.svg/png (analysis.hpp, results_json.hpp, summary.hpp,
+// plot.hpp). Model-independent: a
 // program supplies a Task (its model, data, loss and metric) and calls program_main().
 //
 // A point file (out/points/<key>.json):
@@ -30,21 +31,18 @@
 // loss marks the point diverged; the sweep goes on.
 #pragma once
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <torch/utils.h>
 #include <torch/version.h>
 
 #include <lora/inject.hpp>
+#include <lora/io.hpp>
 #include <lora/version.hpp>
 
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -60,15 +58,18 @@
 
 #include "perf/allocator.hpp"
 #include "perf/blas.hpp"
+#include "error_message.hpp"
 #include "errors.hpp"
 
+#include "analysis.hpp"
 #include "claim.hpp"
 #include "grid.hpp"
 #include "jobs.hpp"
 #include "options.hpp"
 #include "plot.hpp"
 #include "progress.hpp"
-#include "report.hpp"
+#include "results_json.hpp"
+#include "summary.hpp"
 #include "train.hpp"
 
 namespace sweep {
@@ -128,38 +129,14 @@ struct SweepOutcome {
 
 namespace detail {
 
-inline std::string os_error(int err) { return std::strerror(err); }
-
-/// Writes all of `data` to `fd`; false (errno set) on failure.
-inline bool write_fd(int fd, const std::string& data) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
-  }
-  return true;
-}
-
-/// Writes `content` to `path` atomically: to "<path>.tmp.<pid>", fsync, rename over `path`,
-/// fsync the folder. Readers see the old file or the whole new one, never a part.
+/// Writes `content` to `path` atomically (lora::write_text_atomic: "<path>.tmp.<pid>", fsync,
+/// rename, fsync of the folder), so readers see the old file or the whole new one, never a part.
+/// Its errors become examples::FileError, pointing at --out.
 inline void write_atomic(const fs::path& path, const std::string& content) {
-  const std::string tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw lora::FileError("cannot create '" + tmp + "': " + os_error(errno) + ". Check that --out is writable.");
-  int err = write_fd(fd, content) && ::fsync(fd) == 0 ? 0 : errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-  if (err != 0) {
-    ::unlink(tmp.c_str());
-    throw lora::FileError("cannot write '" + path.string() + "': " + os_error(err) + ". Check the space and permissions of --out.");
-  }
-  const auto dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  try {
+    lora::write_text_atomic(path.string(), content);
+  } catch (const lora::FileError& e) {
+    throw examples::FileError(std::string(e.what()) + ". Check the space and permissions of --out.");
   }
 }
 
@@ -279,7 +256,7 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
   if (!fs::exists(path, ec)) return std::nullopt;
   const auto doc = read_json(path);
   const auto refuse = [&](const std::string& why) {
-    return lora::FileError("'" + path.string() + "' is not a valid point file (" + why +
+    return examples::FileError("'" + path.string() + "' is not a valid point file (" + why +
                            "): truncated or edited by hand? The sweep neither counts it as done nor overwrites it. "
                            "Move it out of " + points_dir(o).string() + " to rerun point " + key(p) +
                            ", or restore it from version control.");
@@ -288,12 +265,12 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
   if (!doc->contains("settings") || !doc->contains("results")) throw refuse("no \"settings\" or \"results\"");
   const auto expected = point_settings(o, task, p);
   if (doc->at("settings") != expected)
-    throw lora::Error("'" + path.string() + "' holds point " + key(p) + " made with other settings (" +
-                      settings_diff(expected, doc->at("settings")) +
-                      "). Use another --out for this experiment, or delete the file to rerun the point.");
+    throw examples::Error("'" + path.string() + "' holds point " + key(p) + " made with other settings (" +
+                          settings_diff(expected, doc->at("settings")) +
+                          "). Use another --out for this experiment, or delete the file to rerun the point.");
   try {
     return record_from_json(*doc, task.metric().key);
-  } catch (const std::exception& e) {  // nlohmann::json::exception, or lora::Error for bad numbers
+  } catch (const std::exception& e) {  // nlohmann::json::exception, or examples::DataError for bad numbers
     throw refuse(std::string("a field is missing or of the wrong type: ") + e.what());
   }
 }
@@ -304,7 +281,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
   const auto start = std::chrono::steady_clock::now();
   torch::manual_seed(p.seed);
   Model model = task.make_model(p);
-  if (!model.module) throw lora::Error("Task::make_model returned no module for point " + key(p) + ".");
+  if (!model.module) throw examples::Error("Task::make_model returned no module for point " + key(p) + ".");
   model.module->to(device);
   lora::Adapters adapters;
   int64_t trainable = 0;
@@ -417,12 +394,12 @@ inline bool write_report(const Options& o, const Task& task, const std::vector<P
   write_atomic(dir / "results.json", results_json(task.name(), task.model_name(), metric, records, missing).dump(2) + "\n");
   const auto summary = summary_markdown(task.name(), task.model_name(), metric, records, missing);
   write_atomic(dir / "summary.md", summary);
-  const auto curves = make_curves(records, metric_of());
-  write_atomic(dir / "plot.svg", plot_svg(curves, find_optima(curves, metric.higher_is_better), metric.label,
+  const auto a = analyse(records, measures(metric).front());
+  write_atomic(dir / "plot.svg", plot_svg(a.curves, a.optima, metric.label,
                                           task.name() + " (" + task.model_name() + "): " + metric.label + " vs LR"));
   // Training-loss curves, every run at each LR that two or more runs share.
   std::map<double, int> runs_at;
-  for (const auto& c : curves)
+  for (const auto& c : a.curves)
     for (const auto& cell : c.cells) ++runs_at[cell.lr];
   for (const auto& [lr, n] : runs_at) {
     if (n < 2) continue;
@@ -502,8 +479,8 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
   if (o.merge) {
     outcome.reported = detail::write_report(o, task, grid, hooks);
     if (!outcome.reported)
-      throw lora::Error("--merge: no finished point of this grid in '" + detail::points_dir(o).string() +
-                        "'. Run the shards first, with the same flags and --out.");
+      throw examples::Error("--merge: no finished point of this grid in '" + detail::points_dir(o).string() +
+                            "'. Run the shards first, with the same flags and --out.");
     return outcome;
   }
   const auto device = device_of(o);
@@ -551,10 +528,10 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
         progress.finish();
         std::string list;
         for (const auto& f : r.failures) list += "\n  " + f;
-        throw lora::Error("--jobs: " + std::to_string(r.failures.size()) + " of " + std::to_string(workers) +
-                          " worker processes failed (their errors are printed above):" + list +
-                          "\nEvery finished point is kept in " + detail::points_dir(o).string() +
-                          "; fix the cause and rerun the same command to resume.");
+        throw examples::Error("--jobs: " + std::to_string(r.failures.size()) + " of " + std::to_string(workers) +
+                              " worker processes failed (their errors are printed above):" + list +
+                              "\nEvery finished point is kept in " + detail::points_dir(o).string() +
+                              "; fix the cause and rerun the same command to resume.");
       }
     }
     progress.finish();
@@ -596,11 +573,11 @@ inline int program_main(int argc, const char* const argv[], const ProgramSpec& s
   } catch (const HelpRequested& h) {
     std::cout << h.text;
     return 0;
-  } catch (const UsageError& e) {
+  } catch (const examples::UsageError& e) {
     std::cerr << spec.name << ": " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << spec.name << ": error: " << errors::message(e) << "\n";
+    std::cerr << spec.name << ": error: " << examples::message(e) << "\n";
     return 1;
   }
 }

@@ -2,8 +2,6 @@
 // (its file name under out/points/), and the deterministic 1/N slice that `--shard I/N` runs.
 #pragma once
 
-#include <lora/error.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,13 +13,9 @@
 #include <utility>
 #include <vector>
 
-namespace sweep {
+#include "errors.hpp"
 
-/// A command-line value that is wrong: the message names the flag, the value and what is allowed.
-class UsageError : public lora::ConfigError {
- public:
-  using lora::ConfigError::ConfigError;
-};
+namespace sweep {
 
 /// One run of the sweep.
 struct Point {
@@ -38,6 +32,13 @@ struct Point {
 };
 
 namespace detail {
+
+/// "%.4g" of `v` (or another printf format): numbers in the reports and the log.
+inline std::string num(double v, const char* format = "%.4g") {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
 
 /// The shortest decimal mantissa digits and exponent that read back as exactly `x` (x > 0):
 /// 0.0001 -> {"1", -4}, 3.5e-5 -> {"35", -5}. Digits carry no trailing zeros.
@@ -93,16 +94,16 @@ inline std::string key(const Point& p) {
   return column(p) + "_lr" + lr_key(p.lr) + "_s" + std::to_string(p.seed);
 }
 
-/// What the grid is built from (Options flattens into this; see options.hpp).
+/// What the grid is built from (Options flattens into this; options.hpp holds the defaults).
 struct GridSpec {
   std::vector<double> lrs;           ///< LoRA learning rates
   std::vector<int64_t> ranks;        ///< empty: no LoRA points
   std::vector<double> full_lrs;      ///< empty: no FullFT points
-  std::vector<uint64_t> seeds = {42};
-  double alpha = 32;
+  std::vector<uint64_t> seeds;
+  double alpha = 0;                  ///< used when alpha_per_rank is 0
   double alpha_per_rank = 0;         ///< > 0: alpha = alpha_per_rank * r
-  std::string scaling = "alpha-over-rank";
-  std::string init = "uniform-zero";
+  std::string scaling;               ///< a lora::scaling policy name
+  std::string init;                  ///< a lora::init policy name
   std::map<std::string, std::string> extra;
 };
 
@@ -138,11 +139,12 @@ inline std::vector<Point> build_grid(const GridSpec& spec) {
   std::set<std::string> keys;
   for (const auto& p : grid)
     if (!keys.insert(key(p)).second)
-      throw UsageError("the grid holds point '" + key(p) +
-                       "' twice: a learning rate, rank or seed is listed twice (1e-4 and 0.0001 are the same LR). "
-                       "Remove the duplicate.");
+      throw examples::UsageError("the grid holds point '" + key(p) +
+                                 "' twice: a learning rate, rank or seed is listed twice (1e-4 and 0.0001 are the "
+                                 "same LR). Remove the duplicate.");
   if (grid.empty())
-    throw UsageError("the grid is empty: give LoRA ranks (--ranks) with --lrs, or --full-finetune / --full-lrs.");
+    throw examples::UsageError(
+        "the grid is empty: give LoRA ranks (--ranks) with --lrs, or --full-finetune / --full-lrs.");
   return grid;
 }
 
@@ -152,12 +154,12 @@ struct Shard {
   int64_t count = 1;
 };
 
-/// Parses "I/N"; throws UsageError naming --shard for anything else.
+/// Parses "I/N"; throws examples::UsageError naming --shard for anything else.
 inline Shard parse_shard(const std::string& text) {
   const auto fail = [&](const std::string& why) {
-    return UsageError("--shard: '" + text + "' " + why +
-                      ". Give I/N with 0 <= I < N, e.g. --shard 0/4 (Slurm: "
-                      "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-3).");
+    return examples::UsageError("--shard: '" + text + "' " + why +
+                                ". Give I/N with 0 <= I < N, e.g. --shard 0/4 (Slurm: "
+                                "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-3).");
   };
   const auto slash = text.find('/');
   if (slash == std::string::npos) throw fail("has no '/'");

@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "error_message.hpp"
 #include "errors.hpp"
 #include "progress.hpp"
 
@@ -142,9 +143,9 @@ inline JobsOutcome run_workers(size_t workers, const std::string& name,
   std::cerr.flush();
   for (size_t w = 0; w < workers; ++w) {
     int fds[2];
-    if (::pipe(fds) != 0) throw lora::Error(std::string("--jobs: cannot create a pipe: ") + std::strerror(errno));
+    if (::pipe(fds) != 0) throw examples::Error(std::string("--jobs: cannot create a pipe: ") + std::strerror(errno));
     const pid_t pid = ::fork();
-    if (pid < 0) throw lora::Error(std::string("--jobs: cannot start a worker process: ") + std::strerror(errno));
+    if (pid < 0) throw examples::Error(std::string("--jobs: cannot start a worker process: ") + std::strerror(errno));
     if (pid == 0) {
       ::close(fds[0]);
       for (size_t k = 0; k < w; ++k) ::close(children[k].fd);
@@ -156,7 +157,7 @@ inline JobsOutcome run_workers(size_t workers, const std::string& name,
         detail::PipeReporter reporter(fds[1]);
         status = work(w, reporter);
       } catch (const std::exception& e) {
-        std::cerr << name << ": worker " << w << ": error: " << errors::message(e) << "\n";
+        std::cerr << name << ": worker " << w << ": error: " << examples::message(e) << "\n";
       }
       std::cout.flush();
       std::cerr.flush();
@@ -174,7 +175,7 @@ inline JobsOutcome run_workers(size_t workers, const std::string& name,
     for (size_t w = 0; w < workers; ++w)
       if (children[w].fd >= 0) pfds.push_back({children[w].fd, POLLIN, 0}), who.push_back(w);
     if (::poll(pfds.data(), pfds.size(), 1000) < 0 && errno != EINTR)
-      throw lora::Error(std::string("--jobs: poll failed: ") + std::strerror(errno));
+      throw examples::Error(std::string("--jobs: poll failed: ") + std::strerror(errno));
     for (size_t i = 0; i < pfds.size(); ++i) {
       if (!(pfds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       auto& c = children[who[i]];

@@ -2,9 +2,11 @@
 // Options struct, and its conversions: the grid (grid.hpp) and the lora::Config of a point.
 //
 // Layers, strongest first: flags given on the command line; the --preset's flags; the
-// program's own defaults (ProgramSpec::defaults); the built-in defaults below. Flags that
-// exclude each other (--rank/--ranks, --seed/--seeds, --alpha/--alpha-per-rank) form one
-// group: a flag given explicitly hides the whole group in the weaker layers.
+// program's own defaults (ProgramSpec::defaults); the built-in defaults (builtin_defaults(),
+// the one place that states them: --help shows them from there too). Every layer is a list of
+// flags as a user would type them. Flags that exclude each other (--rank/--ranks,
+// --seed/--seeds, --alpha/--alpha-per-rank) form one group: a flag given explicitly hides the
+// whole group in the weaker layers.
 //
 // Which points run:
 //  - LoRA: every rank of --ranks (or the single --rank) at every LR of --lrs.
@@ -33,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
 #include "grid.hpp"
 
 namespace sweep {
@@ -50,33 +53,34 @@ struct Preset {
   FlagValues flags;
 };
 
-/// The parsed command line.
+/// The parsed command line. parse_options() sets every field, from the flags or their defaults
+/// (builtin_defaults()); a default-constructed Options holds no defaults of its own.
 struct Options {
   std::string program;
   // The grid.
-  std::vector<double> lrs = {1e-5, 3e-5, 1e-4, 3e-4};  ///< LoRA learning rates
-  std::vector<int64_t> ranks = {16, 32, 64, 128};      ///< empty: no LoRA points
+  std::vector<double> lrs;                            ///< LoRA learning rates
+  std::vector<int64_t> ranks;                         ///< empty: no LoRA points
   std::vector<double> full_lrs;                       ///< empty: no FullFT points
-  std::vector<uint64_t> seeds = {42};
-  double alpha = 32;
+  std::vector<uint64_t> seeds;
+  double alpha = 0;                                   ///< 0 with --alpha-per-rank
   double alpha_per_rank = 0;                          ///< > 0: alpha = alpha_per_rank * r
-  std::string scaling = "alpha-over-rank";
-  std::string init = "uniform-zero";
-  double init_std = 1.0;                              ///< sigma of gaussian-gaussian
-  std::vector<std::string> targets = {"all-linear"};
-  double loraplus_ratio = 1.0;                        ///< LR of B = ratio * LR of A (LoRA+); 1: off
+  std::string scaling;
+  std::string init;
+  double init_std = 0;                                ///< sigma of gaussian-gaussian
+  std::vector<std::string> targets;
+  double loraplus_ratio = 0;                          ///< LR of B = ratio * LR of A (LoRA+); 1: off
   bool dora = false;
   // Training and data.
-  int64_t epochs = 5;
-  int64_t batch_size = 32;
-  int64_t train_size = 10000;
-  int64_t val_size = 2000;
-  int64_t max_len = 512;
+  int64_t epochs = 0;
+  int64_t batch_size = 0;
+  int64_t train_size = 0;
+  int64_t val_size = 0;
+  int64_t max_len = 0;
   // Places and machine.
   std::string model_dir, data_dir, out;
-  std::string device = "cpu";
+  std::string device;
   int64_t threads = 0;                                ///< per point; 0: LibTorch's default (with --jobs N: cores / N)
-  int64_t jobs = 1;                                   ///< points trained at once, each in its own process
+  int64_t jobs = 0;                                   ///< points trained at once, each in its own process
   // What to do.
   Shard shard;
   bool sharded = false;                               ///< --shard was given
@@ -105,6 +109,30 @@ struct ProgramSpec {
 inline const std::vector<std::string>& scaling_names() { return lora::scaling::names(); }
 inline const std::vector<std::string>& init_names() { return lora::init::names(); }
 
+/// The built-in defaults of the shared flags, as a user would type them: the weakest layer of
+/// parse_options(), and what --help shows (under the program's own defaults). The only place
+/// these values are stated.
+inline FlagValues builtin_defaults(const ProgramSpec& spec) {
+  return {{"--lrs", {"1e-5", "3e-5", "1e-4", "3e-4"}},
+          {"--ranks", {"16", "32", "64", "128"}},
+          {"--seed", {"42"}},
+          {"--alpha", {"32"}},
+          {"--scaling", {"alpha-over-rank"}},
+          {"--init", {"uniform-zero"}},
+          {"--init-std", {"1"}},
+          {"--targets", {"all-linear"}},
+          {"--loraplus-ratio", {"1"}},
+          {"--epochs", {"5"}},
+          {"--batch-size", {"32"}},
+          {"--train-size", {"10000"}},
+          {"--val-size", {"2000"}},
+          {"--max-len", {"512"}},
+          {"--out", {"runs/" + spec.name}},
+          {"--device", {"cpu"}},
+          {"--threads", {"0"}},
+          {"--jobs", {"1"}}};
+}
+
 namespace detail {
 
 inline std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
@@ -113,17 +141,17 @@ inline std::string join(const std::vector<std::string>& v, const std::string& se
   return s;
 }
 
-/// `text` as a finite number, or a UsageError naming `flag` and what it expects.
+/// `text` as a finite number, or an examples::UsageError naming `flag` and what it expects.
 inline double number(const std::string& flag, const std::string& text, const std::string& expect) {
   char* end = nullptr;
   const double v = text.empty() ? NAN : std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(v))
-    throw UsageError(flag + ": '" + text + "' is not a number; give " + expect + ".");
+    throw examples::UsageError(flag + ": '" + text + "' is not a number; give " + expect + ".");
   return v;
 }
 inline double positive(const std::string& flag, const std::string& text, const std::string& expect) {
   const double v = number(flag, text, expect);
-  if (!(v > 0)) throw UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
+  if (!(v > 0)) throw examples::UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
   return v;
 }
 /// `text` as an integer >= `min`.
@@ -131,25 +159,33 @@ inline int64_t integer(const std::string& flag, const std::string& text, int64_t
   const std::string expect = "an integer >= " + std::to_string(min);
   char* end = nullptr;
   const long long v = text.empty() ? 0 : std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0') throw UsageError(flag + ": '" + text + "' is not an integer; give " + expect + ".");
-  if (v < min) throw UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
+  if (text.empty() || *end != '\0')
+    throw examples::UsageError(flag + ": '" + text + "' is not an integer; give " + expect + ".");
+  if (v < min) throw examples::UsageError(flag + ": '" + text + "' is not allowed; give " + expect + ".");
   return v;
 }
 inline std::string one_of(const std::string& flag, const std::string& text, const std::vector<std::string>& allowed) {
   if (std::find(allowed.begin(), allowed.end(), text) == allowed.end())
-    throw UsageError(flag + ": '" + text + "' is not allowed; use one of " + join(allowed) + ".");
+    throw examples::UsageError(flag + ": '" + text + "' is not allowed; use one of " + join(allowed) + ".");
   return text;
 }
 
-/// The flags as strings, bound to CLI11; parse_options() checks and converts them.
+/// The flags as strings, bound to CLI11; convert() checks and converts them. Empty: not given
+/// in any layer (a flag whose group a rival took, such as --alpha beside --alpha-per-rank).
 struct RawFlags {
-  std::vector<std::string> lrs = {"1e-5", "3e-5", "1e-4", "3e-4"}, ranks, full_lrs, seeds, targets = {"all-linear"};
-  std::string rank, epochs = "5", alpha = "32", alpha_per_rank, scaling = "alpha-over-rank", init = "uniform-zero",
-                    init_std = "1", batch_size = "32", seed = "42", train_size = "10000", val_size = "2000",
-                    max_len = "512", model_dir, data_dir, out, device = "cpu", threads = "0", jobs = "1", shard, preset,
-                    loraplus_ratio = "1";
+  std::vector<std::string> lrs, ranks, full_lrs, seeds, targets;
+  std::string rank, epochs, alpha, alpha_per_rank, scaling, init, init_std, batch_size, seed, train_size, val_size,
+      max_len, model_dir, data_dir, out, device, threads, jobs, shard, preset, loraplus_ratio;
   bool full_finetune = false, merge = false, dry_run = false, dora = false;
 };
+
+/// The default of `flag` in force: the program's own, else the built-in one.
+inline std::vector<std::string> default_of(const ProgramSpec& spec, const std::string& flag) {
+  for (const auto& layer : {spec.defaults, builtin_defaults(spec)})
+    for (const auto& [name, values] : layer)
+      if (name == flag) return values;
+  return {};
+}
 
 /// Mutually exclusive flags share a group, so that a flag given hides its rivals in the
 /// preset and default layers.
@@ -169,7 +205,8 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
   a.add_option("--lrs", raw.lrs, "LoRA learning rates")->type_name("LR ...")->group("Grid");
   auto* rank = a.add_option("--rank", raw.rank, "a single LoRA rank (same as --ranks R)")->type_name("R")->group("Grid");
   auto* ranks = a.add_option("--ranks", raw.ranks,
-                             "LoRA ranks [default: 16 32 64 128]; 'none' or no value: no LoRA runs")
+                             "LoRA ranks [default: " + join(default_of(spec, "--ranks"), " ") +
+                                 "]; 'none' or no value: no LoRA runs")
                     ->expected(0, CLI::detail::expected_max_vector_size)
                     ->type_name("R ...")
                     ->group("Grid");
@@ -206,7 +243,7 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
   a.add_option("--data-dir", raw.data_dir, "data folder [default: $" + spec.data_dir_env + ", else ~/.cache/lora]")
       ->type_name("DIR")
       ->group("Files");
-  a.add_option("--out", raw.out, "output folder [default: runs/" + spec.name + "]")->type_name("DIR")->group("Files");
+  a.add_option("--out", raw.out, "output folder")->type_name("DIR")->group("Files");
   a.add_option("--device", raw.device, "cpu, cuda or cuda:N")->type_name("DEV")->group("Machine");
   a.add_option("--threads", raw.threads, "CPU threads per point, LibTorch's and OpenBLAS's (0: their defaults; with --jobs N: cores / N)")
       ->type_name("N")
@@ -226,9 +263,12 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
   merge->excludes(dry);
   a.add_option("--preset", raw.preset, "named flag defaults (below); explicit flags override them")->type_name("NAME")->group("Sweep");
   if (spec.add_flags) spec.add_flags(a, o);
-  // Show the program's defaults (not --ranks: CLI11 would take its default for an empty --ranks).
-  for (const auto& [flag, values] : spec.defaults)
-    if (auto* opt = a.get_option_no_throw(flag); opt && opt->get_name() != "--ranks") opt->default_str(join(values, " "));
+  // Show the defaults in force, the program's over the built-in ones (not --ranks' here, but in
+  // its description: CLI11 would take a default it knows for an empty --ranks).
+  for (const auto& layer : {builtin_defaults(spec), spec.defaults})
+    for (const auto& [flag, values] : layer)
+      if (auto* opt = a.get_option_no_throw(flag); opt && opt->get_name() != "--ranks")
+        opt->default_str(join(values, " "));
 
   std::string footer = "Presets:\n";
   for (const auto& [name, p] : spec.presets) {
@@ -243,7 +283,8 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
   return app;
 }
 
-/// Parses `args` (no program name) into `raw`; CLI11's errors become UsageError, --help HelpRequested.
+/// Parses `args` (no program name) into `raw`; CLI11's errors become examples::UsageError, --help
+/// HelpRequested.
 inline std::unique_ptr<CLI::App> parse_layer(const ProgramSpec& spec, const std::vector<std::string>& args,
                                              RawFlags& raw, Options& o) {
   auto app = make_app(spec, raw, o);
@@ -253,7 +294,7 @@ inline std::unique_ptr<CLI::App> parse_layer(const ProgramSpec& spec, const std:
   } catch (const CLI::CallForHelp&) {
     throw HelpRequested{app->help()};
   } catch (const CLI::ParseError& e) {
-    throw UsageError(std::string(e.what()) + ". Run " + spec.name + " --help for the flags.");
+    throw examples::UsageError(std::string(e.what()) + ". Run " + spec.name + " --help for the flags.");
   }
   return app;
 }
@@ -265,7 +306,7 @@ inline std::vector<std::string> layer_args(const CLI::App& app, const FlagValues
   std::set<std::string> mine;
   for (const auto& [flag, values] : layer) {
     const auto* opt = app.get_option_no_throw(flag);
-    if (!opt) throw lora::ConfigError(what + " sets '" + flag + "', which is not a flag of this program.");
+    if (!opt) throw examples::Error(what + " sets '" + flag + "', which is not a flag of this program.");
     const auto group = flag_group(opt->get_name());
     if (claimed.count(group)) continue;
     mine.insert(group);
@@ -307,12 +348,13 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
 
   if (!raw.alpha_per_rank.empty())
     o.alpha_per_rank = positive("--alpha-per-rank", raw.alpha_per_rank, "a positive K (alpha = K * r)");
-  o.alpha = number("--alpha", raw.alpha, "a finite alpha such as 32");
+  if (!raw.alpha.empty()) o.alpha = number("--alpha", raw.alpha, "a finite alpha such as 32");
   o.scaling = one_of("--scaling", raw.scaling, scaling_names());
   o.init = one_of("--init", raw.init, init_names());
   o.init_std = positive("--init-std", raw.init_std, "a positive standard deviation such as 1 or 0.02");
   o.targets = raw.targets;
-  if (o.targets.empty()) throw UsageError("--targets: no layer given; name layers such as q_lin v_lin, or all-linear.");
+  if (o.targets.empty())
+    throw examples::UsageError("--targets: no layer given; name layers such as q_lin v_lin, or all-linear.");
   o.loraplus_ratio = positive("--loraplus-ratio", raw.loraplus_ratio, "a positive ratio (1: plain LoRA; LoRA+ uses 16)");
   o.dora = raw.dora;
 
@@ -324,11 +366,11 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
 
   o.data_dir = raw.data_dir.empty() ? default_data_dir(spec.data_dir_env) : raw.data_dir;
   o.model_dir = !raw.model_dir.empty() || spec.model_subdir.empty() ? raw.model_dir : o.data_dir + "/" + spec.model_subdir;
-  o.out = raw.out.empty() ? "runs/" + spec.name : raw.out;
+  o.out = raw.out;
   const bool cuda_n = raw.device.rfind("cuda:", 0) == 0 && raw.device.size() > 5 &&
                       raw.device.find_first_not_of("0123456789", 5) == std::string::npos;
   if (raw.device != "cpu" && raw.device != "cuda" && !cuda_n)
-    throw UsageError("--device: '" + raw.device + "' is not allowed; use one of cpu, cuda, cuda:N.");
+    throw examples::UsageError("--device: '" + raw.device + "' is not allowed; use one of cpu, cuda, cuda:N.");
   o.device = raw.device;
   o.threads = integer("--threads", raw.threads, 0);
   o.jobs = integer("--jobs", raw.jobs, 1);
@@ -339,13 +381,13 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
   o.dry_run = raw.dry_run;
   o.preset = raw.preset;
   if (o.ranks.empty() && o.full_lrs.empty())
-    throw UsageError("--ranks: no LoRA rank and no FullFT run: nothing to do. Give ranks, or add --full-finetune "
-                     "or --full-lrs for a FullFT-only sweep.");
+    throw examples::UsageError("--ranks: no LoRA rank and no FullFT run: nothing to do. Give ranks, or add "
+                               "--full-finetune or --full-lrs for a FullFT-only sweep.");
 }
 
 }  // namespace detail
 
-/// Parses the arguments `args` (without the program name). Throws UsageError on a bad flag
+/// Parses the arguments `args` (without the program name). Throws examples::UsageError on a bad flag
 /// or value, HelpRequested for --help.
 inline Options parse_options(const std::vector<std::string>& args, const ProgramSpec& spec) {
   // Pass 1: the explicit flags alone, to learn the preset and which flags were given.
@@ -356,21 +398,24 @@ inline Options parse_options(const std::vector<std::string>& args, const Program
   for (const auto* opt : app1->get_options())
     if (opt->count() > 0) claimed.insert(detail::flag_group(opt->get_name()));
 
-  // Pass 2: explicit flags, then the preset's and the program's defaults for the rest.
+  // Pass 2: explicit flags, then the preset's, the program's and the built-in defaults for the rest.
   std::vector<std::string> all = args;
   if (!raw1.preset.empty()) {
     const auto it = spec.presets.find(raw1.preset);
     if (it == spec.presets.end()) {
       std::vector<std::string> names;
       for (const auto& kv : spec.presets) names.push_back(kv.first);
-      throw UsageError("--preset: '" + raw1.preset + "' is not a preset of " + spec.name + "; use one of " +
-                       (names.empty() ? std::string("(none)") : detail::join(names)) + ".");
+      throw examples::UsageError("--preset: '" + raw1.preset + "' is not a preset of " + spec.name + "; use one of " +
+                                 (names.empty() ? std::string("(none)") : detail::join(names)) + ".");
     }
     const auto more = detail::layer_args(*app1, it->second.flags, "preset '" + raw1.preset + "'", claimed);
     all.insert(all.end(), more.begin(), more.end());
   }
-  const auto defaults = detail::layer_args(*app1, spec.defaults, spec.name + "'s defaults", claimed);
-  all.insert(all.end(), defaults.begin(), defaults.end());
+  for (const auto& [layer, what] : {std::pair(spec.defaults, spec.name + "'s defaults"),
+                                    std::pair(builtin_defaults(spec), std::string("the built-in defaults"))}) {
+    const auto more = detail::layer_args(*app1, layer, what, claimed);
+    all.insert(all.end(), more.begin(), more.end());
+  }
 
   detail::RawFlags raw;
   Options o;
@@ -417,7 +462,7 @@ inline lora::Init init_policy(const std::string& name, double std) {
 /// init sigma and DoRA from the options; the point's seed seeds the adapters.
 inline lora::Config to_lora_config(const Options& o, const Point& p) {
   if (p.is_full())
-    throw lora::ConfigError("to_lora_config: point '" + key(p) + "' is full fine-tuning and has no LoRA config.");
+    throw examples::Error("to_lora_config: point '" + key(p) + "' is full fine-tuning and has no LoRA config.");
   lora::Config c;
   c.rank = p.rank;
   c.alpha = p.alpha;
@@ -435,15 +480,15 @@ inline lora::Config to_lora_config(const Options& o, const Point& p) {
   return c;
 }
 
-/// The torch::Device of --device; throws UsageError when CUDA is asked for but absent.
+/// The torch::Device of --device; throws examples::UsageError when CUDA is asked for but absent.
 inline torch::Device device_of(const Options& o) {
   const torch::Device d(o.device);
   if (d.is_cuda() && !torch::cuda::is_available())
-    throw UsageError("--device: '" + o.device + "' asked for CUDA, but LibTorch sees no CUDA device. Use --device cpu, "
-                     "or a CUDA build of LibTorch on a machine with a GPU.");
+    throw examples::UsageError("--device: '" + o.device + "' asked for CUDA, but LibTorch sees no CUDA device. Use "
+                               "--device cpu, or a CUDA build of LibTorch on a machine with a GPU.");
   if (d.is_cuda() && d.has_index() && d.index() >= static_cast<int>(torch::cuda::device_count()))
-    throw UsageError("--device: '" + o.device + "' does not exist; this machine has " +
-                     std::to_string(torch::cuda::device_count()) + " CUDA device(s), cuda:0 upwards.");
+    throw examples::UsageError("--device: '" + o.device + "' does not exist; this machine has " +
+                               std::to_string(torch::cuda::device_count()) + " CUDA device(s), cuda:0 upwards.");
   return d;
 }
 

@@ -19,7 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "report.hpp"
+#include "analysis.hpp"
+#include "grid.hpp"
 
 extern char** environ;
 
@@ -64,6 +65,47 @@ inline const char* palette(size_t i) {
   return colours[i % 10];
 }
 
+/// The layout both plots share: a W x H picture, the plot area inset by the margins, the legend
+/// to its right.
+struct Frame {
+  double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
+  double pw = W - left - right, ph = H - top - bottom;  ///< the plot area's width and height
+  double legend_x = left + pw + 15;
+  /// The baseline of the i-th legend entry.
+  double legend_y(size_t i) const { return top + 10 + 20 * static_cast<double>(i); }
+};
+
+/// How a line is drawn: its colour and its stroke-dasharray attribute ("" for a solid line).
+struct LineStyle {
+  std::string colour, dash;
+};
+
+/// The style of each of `lines` (anything with a `full` flag), in drawing order: FullFT black and
+/// dashed, every other line the next colour of the palette.
+template <typename Lines>
+std::vector<LineStyle> line_styles(const Lines& lines) {
+  std::vector<LineStyle> out;
+  size_t colour = 0;
+  for (const auto& line : lines)
+    out.push_back(line.full ? LineStyle{"#000000", " stroke-dasharray=\"7 4\""} : LineStyle{palette(colour++), ""});
+  return out;
+}
+
+/// Opens a line's group `id` and its polyline of stroke width `width`; the caller writes the
+/// points and closes the polyline.
+inline void begin_line(std::ostringstream& s, const std::string& id, const LineStyle& style, const char* width) {
+  s << "<g id=\"" << xml_escape(id) << "\">\n<polyline fill=\"none\" stroke=\"" << style.colour << "\" stroke-width=\""
+    << width << "\"" << style.dash << " points=\"";
+}
+
+/// The i-th line's legend entry (a stroke in its style, then `label`) and the end of its group.
+inline void end_line(std::ostringstream& s, const Frame& f, size_t i, const LineStyle& style, const std::string& label) {
+  const double ly = f.legend_y(i), lx = f.legend_x;
+  s << "<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 28 << "\" y2=\"" << ly << "\" stroke=\""
+    << style.colour << "\" stroke-width=\"2\"" << style.dash << "/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4
+    << "\">" << xml_escape(label) << "</text>\n</g>\n";
+}
+
 /// The opening of a W x H plot: the XML declaration, <svg>, a white background and `title`
 /// centred at `title_x`.
 inline void svg_begin(std::ostringstream& s, double W, double H, double title_x, const std::string& title) {
@@ -80,8 +122,8 @@ inline void svg_begin(std::ostringstream& s, double W, double H, double title_x,
 /// The SVG of `curves` (from make_curves) and their `optima` (from find_optima).
 inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
                             const std::string& y_label, const std::string& title) {
-  const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
-  const double pw = W - left - right, ph = H - top - bottom;
+  const detail::Frame f{};
+  const double W = f.W, H = f.H, left = f.left, top = f.top, pw = f.pw, ph = f.ph;
 
   // Data ranges: x = log10(LR) over every LR run, y over every finite value and optimum.
   std::set<double> lrs;
@@ -129,13 +171,11 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
     << ")\">" << detail::xml_escape(y_label) << "</text>\n";
 
   // One polyline per curve (diverged LRs left out), its points, its optimum and its legend entry.
-  size_t colour = 0;
+  const auto styles = detail::line_styles(curves);
   for (size_t i = 0; i < curves.size(); ++i) {
     const auto& c = curves[i];
-    const std::string col = c.full ? "#000000" : detail::palette(colour++);
-    const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
-    s << "<g id=\"" << detail::xml_escape(c.column) << "\">\n<polyline fill=\"none\" stroke=\"" << col
-      << "\" stroke-width=\"2\"" << dash << " points=\"";
+    const std::string& col = styles[i].colour;
+    detail::begin_line(s, c.column, styles[i], "2");
     for (const auto& cell : c.cells)
       if (cell.valid()) s << X(cell.lr) << "," << Y(cell.mean()) << " ";
     s << "\"/>\n";
@@ -164,12 +204,9 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
         << detail::xml_escape(c.label) << " optimum: LR " << detail::num(optima[i].lr, "%.3g")
         << (optima[i].interpolated ? " (interpolated)" : " (grid point)") << "</title></path>\n";
     }
-    const double ly = top + 10 + 20 * static_cast<double>(i), lx = left + pw + 15;
-    s << "<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 28 << "\" y2=\"" << ly << "\" stroke=\"" << col
-      << "\" stroke-width=\"2\"" << dash << "/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">"
-      << detail::xml_escape(c.label) << "</text>\n</g>\n";
+    detail::end_line(s, f, i, styles[i], c.label);
   }
-  const double ly = top + 10 + 20 * static_cast<double>(curves.size()) + 6, lx = left + pw + 15;
+  const double ly = f.legend_y(curves.size()) + 6, lx = f.legend_x;
   s << "<path d=\"M" << lx + 14 << "," << ly - 6 << " L" << lx + 20 << "," << ly << " L" << lx + 14 << "," << ly + 6
     << " L" << lx + 8 << "," << ly << " Z\" fill=\"white\" stroke=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\""
     << ly + 4 << "\">optimum</text>\n";
@@ -186,8 +223,8 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
 /// The SVG of training-loss curves over optimizer steps (linear axes), e.g. every rank at one
 /// learning rate: with alpha/r scaling the early parts of the LoRA curves should nearly coincide.
 inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const std::string& title) {
-  const double W = 820, H = 500, left = 80, right = 150, top = 50, bottom = 60;
-  const double pw = W - left - right, ph = H - top - bottom;
+  const detail::Frame f{};
+  const double W = f.W, H = f.H, left = f.left, top = f.top, pw = f.pw, ph = f.ph;
   double xmax = 1, ymin = INFINITY, ymax = -INFINITY;
   for (const auto& c : curves) {
     for (const auto st : c.step) xmax = std::max(xmax, static_cast<double>(st));
@@ -220,19 +257,14 @@ inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const s
   s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 15 << "\" text-anchor=\"middle\">optimizer step</text>\n"
     << "<text x=\"20\" y=\"" << top + ph / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 20 " << top + ph / 2
     << ")\">training loss (mean over seeds)</text>\n";
-  size_t colour = 0;
+  const auto styles = detail::line_styles(curves);
   for (size_t i = 0; i < curves.size(); ++i) {
     const auto& c = curves[i];
-    const std::string col = c.full ? "#000000" : detail::palette(colour++);
-    const std::string dash = c.full ? " stroke-dasharray=\"7 4\"" : "";
-    s << "<g id=\"" << detail::xml_escape(c.label) << "\">\n<polyline fill=\"none\" stroke=\"" << col
-      << "\" stroke-width=\"1.6\"" << dash << " points=\"";
+    detail::begin_line(s, c.label, styles[i], "1.6");
     for (size_t k = 0; k < c.step.size() && k < c.loss.size(); ++k)
       s << X(static_cast<double>(c.step[k])) << "," << Y(c.loss[k]) << " ";
-    const double ly = top + 10 + 20 * static_cast<double>(i), lx = left + pw + 15;
-    s << "\"/>\n<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 28 << "\" y2=\"" << ly << "\" stroke=\""
-      << col << "\" stroke-width=\"2\"" << dash << "/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">"
-      << detail::xml_escape(c.label) << "</text>\n</g>\n";
+    s << "\"/>\n";
+    detail::end_line(s, f, i, styles[i], c.label);
   }
   s << "</svg>\n";
   return s.str();

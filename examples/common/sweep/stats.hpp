@@ -1,7 +1,8 @@
-// Statistics over seeds: the sample mean and standard deviation, and the 95% confidence
-// interval of a mean from Student's t distribution. The study reports optimal learning rates
-// and their LoRA/FullFT ratios over seeds; both are scale quantities, so their interval is
-// taken on log10 of the values and reported as a geometric mean with [lo, hi].
+// Statistics over seeds: the sample mean and standard deviation (and the element-wise mean of
+// loss curves), and the 95% confidence interval of a mean from Student's t distribution. The
+// study reports optimal learning rates and their LoRA/FullFT ratios over seeds; both are scale
+// quantities, so their interval is taken on log10 of the values and reported as a geometric
+// mean with [lo, hi].
 #pragma once
 
 #include <cmath>
@@ -25,6 +26,17 @@ inline double stddev_of(const std::vector<double>& v) {
   double ss = 0;
   for (const double x : v) ss += (x - m) * (x - m);
   return std::sqrt(ss / static_cast<double>(v.size() - 1));
+}
+
+/// The element-wise mean of the lists of equal length (empty when lengths differ or none).
+inline std::vector<double> mean_lists(const std::vector<std::vector<double>>& lists) {
+  if (lists.empty()) return {};
+  std::vector<double> out(lists.front().size(), 0.0);
+  for (const auto& l : lists) {
+    if (l.size() != out.size()) return {};
+    for (size_t i = 0; i < l.size(); ++i) out[i] += l[i] / static_cast<double>(lists.size());
+  }
+  return out;
 }
 
 /// The 0.975 quantile of Student's t with `df` >= 1 degrees of freedom (two-sided 95%).

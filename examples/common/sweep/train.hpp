@@ -26,6 +26,8 @@
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
+
 namespace sweep {
 
 /// One batch: named tensors as the task's collate made them, e.g. "input_ids" (B, T),
@@ -97,7 +99,8 @@ inline double weighted_mean(const std::vector<Batch>& batches, torch::Device dev
     count += n.detach().to(torch::kDouble);
   }
   const double n = count.item<double>();
-  if (!(n > 0)) throw lora::Error("weighted_mean: the batches hold no example (count 0); check --val-size and the data.");
+  if (!(n > 0))
+    throw examples::Error("weighted_mean: the batches hold no example (count 0); check --val-size and the data.");
   return sum.item<double>() / n;
 }
 
@@ -137,8 +140,8 @@ inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const
     for (const auto& p : m.module->parameters())
       if (p.requires_grad()) params.push_back(p);
     if (params.empty())
-      throw lora::Error("train: full fine-tuning, but no parameter of the model requires grad; the task's model "
-                        "must leave its parameters trainable.");
+      throw examples::Error("train: full fine-tuning, but no parameter of the model requires grad; the task's model "
+                            "must leave its parameters trainable.");
   }
   return std::make_unique<torch::optim::AdamW>(params, adamw(s, s.lr));
 }
@@ -153,7 +156,7 @@ inline TrainResult train(const Model& model, const lora::Adapters* adapters,
                          const std::function<std::vector<Batch>(int64_t)>& epoch_batches, const TrainSettings& s,
                          torch::Device device, const TrainCallbacks& cb = {}) {
   if (!model.module || !model.loss || !model.val_loss || !model.test_metric)
-    throw lora::Error("train: the task's Model lacks a module, loss, val_loss or test_metric; set all four.");
+    throw examples::Error("train: the task's Model lacks a module, loss, val_loss or test_metric; set all four.");
   TrainResult r;
   auto opt = detail::make_optimizer(model, adapters, s);
   auto& module = *model.module;
@@ -162,8 +165,8 @@ inline TrainResult train(const Model& model, const lora::Adapters* adapters,
     module.train();
     const auto batches = epoch_batches(epoch);
     if (batches.empty())
-      throw lora::Error("train: the task gave no training batch for epoch " + std::to_string(epoch + 1) +
-                        "; check --train-size, --batch-size and the data.");
+      throw examples::Error("train: the task gave no training batch for epoch " + std::to_string(epoch + 1) +
+                            "; check --train-size, --batch-size and the data.");
     const auto per_epoch = static_cast<int64_t>(batches.size());
     const int64_t expected_total = r.steps + (s.epochs - epoch) * per_epoch;
     auto epoch_sum = torch::zeros({}, scalar);  // () sum of this epoch's losses
@@ -173,8 +176,8 @@ inline TrainResult train(const Model& model, const lora::Adapters* adapters,
       opt->zero_grad();
       const auto loss = model.loss(to_device(batches[static_cast<size_t>(i)], device));  // ()
       if (loss.dim() != 0)
-        throw lora::Error("train: the task's loss must be a 0-d tensor (the batch mean), got shape " +
-                          c10::str(loss.sizes()) + ".");
+        throw examples::Error("train: the task's loss must be a 0-d tensor (the batch mean), got shape " +
+                              c10::str(loss.sizes()) + ".");
       loss.backward();
       if (adapters) adapters->step(*opt);
       else opt->step();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "errors.hpp"
 #include "data/batching.hpp"
 #include "sweep/train.hpp"
 
@@ -17,15 +18,15 @@ namespace tasks {
 
 namespace fs = std::filesystem;
 
-/// Throws lora::FileError listing every path in `paths` that does not exist, with the command
+/// Throws examples::FileError listing every path in `paths` that does not exist, with the command
 /// that fetches them. Called before any training.
 inline void require_files(const std::vector<fs::path>& paths, const std::string& data_dir) {
   std::string missing;
   for (const auto& p : paths)
     if (!fs::exists(p)) missing += "\n  " + p.string();
   if (!missing.empty())
-    throw lora::FileError("missing files:" + missing + "\nFetch them with: scripts/fetch-assets.sh " + data_dir +
-                          "\n(or pass --model-dir / --data-dir pointing at folders that hold them)");
+    throw examples::FileError("missing files:" + missing + "\nFetch them with: scripts/fetch-assets.sh " + data_dir +
+                              "\n(or pass --model-dir / --data-dir pointing at folders that hold them)");
 }
 
 /// The first of `candidates` that exists, else the first (so require_files names it).
@@ -58,7 +59,7 @@ inline void apply_padding(const std::string& mode, data::BatchOptions& o) {
   } else if (mode == "fixed") {
     o.padding = data::Padding::Fixed;
   } else {
-    throw lora::ConfigError("--padding: '" + mode + "' is not one of dynamic, bucketed, fixed");
+    throw examples::UsageError("--padding: '" + mode + "' is not one of dynamic, bucketed, fixed");
   }
 }
 

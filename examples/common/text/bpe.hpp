@@ -42,17 +42,18 @@
 #include <unordered_map>
 #include <vector>
 
+#include "errors.hpp"
 #include "text/unicode.hpp"
 
 namespace text {
 
-using lora::Error;
-using lora::FileError;
+using examples::DataError;
+using examples::FileError;
 
 class BpeTokenizer {
  public:
   /// Loads GPT-2's vocab.json (token -> id, ids 0..N-1) and merges.txt (one "a b" pair per line
-  /// by rank, after a "#version" line). Throws lora::FileError if a file cannot be read or
+  /// by rank, after a "#version" line). Throws examples::FileError if a file cannot be read or
   /// does not fit the other.
   BpeTokenizer(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt)
       : model_(std::make_shared<const Model>(load(vocab_json, merges_txt))), cache_(std::make_shared<Cache>()) {}
@@ -66,13 +67,13 @@ class BpeTokenizer {
     return ids;
   }
 
-  /// The bytes `ids` stand for. Throws lora::Error for an id outside [0, vocab_size()).
+  /// The bytes `ids` stand for. Throws examples::DataError for an id outside [0, vocab_size()).
   std::string decode(const std::vector<std::int64_t>& ids) const {
     std::string out;
     for (auto id : ids) {
       if (id < 0 || static_cast<std::size_t>(id) >= model_->token_bytes.size())
-        throw Error(lora::detail::str("BpeTokenizer::decode: id ", id, " is outside the vocabulary [0, ",
-                                model_->token_bytes.size(), ")"));
+        throw DataError(lora::detail::str("BpeTokenizer::decode: id ", id, " is outside the vocabulary [0, ",
+                                    model_->token_bytes.size(), ")"));
       out += model_->token_bytes[static_cast<std::size_t>(id)];
     }
     return out;

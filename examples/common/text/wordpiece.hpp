@@ -41,12 +41,13 @@
 #include <string_view>
 #include <vector>
 
+#include "errors.hpp"
 #include "text/unicode.hpp"
 
 namespace text {
 
-using lora::Error;
-using lora::FileError;
+using examples::DataError;
+using examples::FileError;
 
 /// How encode_batch() pads: to the longest row, or every row to max_length.
 enum class Padding { kLongest, kMaxLength };
@@ -64,8 +65,8 @@ class WordPieceTokenizer {
   static constexpr std::size_t kMaxInputCharsPerWord = 100;
 
   /// Loads `vocab_file` (one token per line, id = line number, as HF's load_vocab reads it; a
-  /// trailing "\r" is also removed). Throws lora::FileError if the file cannot be read or lacks
-  /// one of [PAD] [UNK] [CLS] [SEP] [MASK].
+  /// trailing "\r" is also removed). Throws examples::FileError if the file cannot be read or
+  /// lacks one of [PAD] [UNK] [CLS] [SEP] [MASK].
   explicit WordPieceTokenizer(const std::filesystem::path& vocab_file)
       : vocab_(std::make_shared<const Vocab>(load(vocab_file))) {}
 
@@ -74,7 +75,7 @@ class WordPieceTokenizer {
   std::vector<std::int64_t> encode(std::string_view text, bool add_special_tokens = true,
                                    std::size_t max_length = 0) const {
     if (add_special_tokens && max_length == 1)
-      throw Error("WordPieceTokenizer::encode: max_length 1 leaves no room for [CLS] and [SEP]; use 0 (no limit) or >= 2");
+      throw DataError("WordPieceTokenizer::encode: max_length 1 leaves no room for [CLS] and [SEP]; use 0 (no limit) or >= 2");
     std::vector<std::int64_t> ids;
     if (add_special_tokens) ids.push_back(vocab_->cls);
     append_ids(text, ids);
@@ -89,7 +90,7 @@ class WordPieceTokenizer {
   EncodedBatch encode_batch(const std::vector<std::string>& texts, std::size_t max_length = 0,
                             Padding padding = Padding::kLongest, bool add_special_tokens = true) const {
     if (padding == Padding::kMaxLength && max_length == 0)
-      throw Error("WordPieceTokenizer::encode_batch: Padding::kMaxLength needs max_length > 0");
+      throw DataError("WordPieceTokenizer::encode_batch: Padding::kMaxLength needs max_length > 0");
     std::vector<std::vector<std::int64_t>> rows;
     rows.reserve(texts.size());
     std::size_t longest = 0;
@@ -121,7 +122,7 @@ class WordPieceTokenizer {
 
   /// Text of `ids` as HF's convert_tokens_to_string: tokens joined by spaces, " ##" removed,
   /// outer spaces stripped. skip_special_tokens drops [PAD] [UNK] [CLS] [SEP] [MASK].
-  /// Throws lora::Error for an id outside [0, vocab_size()).
+  /// Throws examples::DataError for an id outside [0, vocab_size()).
   std::string decode(const std::vector<std::int64_t>& ids, bool skip_special_tokens = false) const {
     std::string joined;
     for (auto i : ids) {
@@ -149,10 +150,10 @@ class WordPieceTokenizer {
     return found < 0 ? vocab_->unk : found;
   }
 
-  /// The vocabulary entry of `id`; throws lora::Error outside [0, vocab_size()).
+  /// The vocabulary entry of `id`; throws examples::DataError outside [0, vocab_size()).
   const std::string& token(std::int64_t id) const {
     if (id < 0 || static_cast<std::size_t>(id) >= vocab_->tokens.size())
-      throw Error(lora::detail::str("WordPieceTokenizer: id ", id, " is outside the vocabulary [0, ", vocab_->tokens.size(), ")"));
+      throw DataError(lora::detail::str("WordPieceTokenizer: id ", id, " is outside the vocabulary [0, ", vocab_->tokens.size(), ")"));
     return vocab_->tokens[static_cast<std::size_t>(id)];
   }
 

@@ -33,8 +33,10 @@ inline bool write_all(int fd, const void* data, size_t size) {
 }
 
 /// Replaces the file at `path` atomically: `write(fd)` fills "<path>.tmp.<pid>" (returning false,
-/// errno set, on failure), which is then flushed to disk and renamed over `path`. On any error
-/// the temporary file is removed and FileError names `what` (e.g. "safetensors file") and `path`.
+/// errno set, on failure), which is then flushed to disk and renamed over `path`, and the folder
+/// is flushed so that the rename itself survives a crash. Readers see the old file or the whole
+/// new one, never a part. On any error the temporary file is removed and FileError names `what`
+/// (e.g. "safetensors file") and `path`.
 template <typename Writer>
 void write_file_atomic(const std::string& path, const char* what, Writer&& write) {
   const std::string tmp = str(path, ".tmp.", ::getpid());
@@ -47,6 +49,13 @@ void write_file_atomic(const std::string& path, const char* what, Writer&& write
   if (err != 0) {
     ::unlink(tmp.c_str());
     throw FileError(str("cannot save ", what, " '", path, "': ", os_error(err)));
+  }
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {  // best effort: the file is complete either way
+    ::fsync(dfd);
+    ::close(dfd);
   }
 }
 

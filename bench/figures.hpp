@@ -1,0 +1,86 @@
+// lora_bench's figures: each one's field name, what it measures, its value and its target, the
+// table printed at the end of a run, and the JSON file of --json.
+#pragma once
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "options.hpp"
+
+namespace bench {
+
+/// One figure of the run.
+struct Figure {
+  std::string field, what;
+  double value = NAN;
+  std::string target;  ///< "<= 0.70", ">= 5", or "" (reported, no target)
+  std::string unit;
+  std::string status() const {
+    if (std::isnan(value)) return "not run";
+    if (target.empty()) return "info";
+    const double t = std::atof(target.c_str() + 3);
+    const bool ok = target.rfind("<=", 0) == 0 ? value <= t : value >= t;
+    return ok ? "met" : "NOT met";
+  }
+};
+
+/// Every figure of a run, in table order (docs/performance.md explains each): measured ones get a
+/// value, the others stay "not run".
+struct Figures {
+  std::vector<Figure> list = {
+      {"step_time_ratio", "LoRA step / FullFT step (median)", NAN, "<= 0.70"},
+      {"peak_rss_ratio", "peak RSS, LoRA process / FullFT process", NAN, ""},
+      {"compat_path_step_ratio", "LoRA step, plain torch::nn::Linear (compat) / lora::Linear", NAN, ""},
+      {"bitfit_step_ratio", "reference floor: BitFit (biases only) step / FullFT step", NAN, ""},
+      {"fullft_sgemm_fraction", "FullFT step FLOP/s / sgemm FLOP/s (same process)", NAN, ">= 0.80"},
+      {"unmerged_forward_overhead", "eval forward, unmerged r=16 / base", NAN, "<= 1.06"},
+      {"merged_forward_overhead", "eval forward, merged / base", NAN, "<= 1.02"},
+      {"dynamic_padding_speedup", "AG-News epoch, pad-to-512 / dynamic+bucketing", NAN, ">= 5"},
+      {"wordpiece_mb_s", "WordPiece MB/s, 1 thread, cold", NAN, ""},
+      {"bpe_mb_s", "GPT-2 BPE MB/s, 1 thread, cold", NAN, ""},
+  };
+
+  /// The figure called `field`.
+  Figure& operator()(const std::string& field) {
+    for (auto& f : list)
+      if (f.field == field) return f;
+    throw std::logic_error("no figure called " + field);
+  }
+};
+
+/// The table of figures: field, value, target, status, what.
+inline void print_table(const Figures& figs) {
+  fmt::print("\n{:<28} {:>10} {:>9}  {:<8} {}\n", "figure", "value", "target", "status", "what");
+  fmt::print("{}\n", std::string(110, '-'));
+  for (const auto& f : figs.list)
+    fmt::print("{:<28} {:>10} {:>9}  {:<8} {}\n", f.field, std::isnan(f.value) ? "-" : fmt::format("{:.3f}", f.value),
+               f.target.empty() ? "-" : f.target, f.status(), f.what);
+}
+
+/// Writes the figures (each a named field, with "targets"), the `machine`, the settings of `o`
+/// and the `details` of each measurement to o.json_path.
+inline void write_json(const Options& o, const Figures& figs, const nlohmann::json& machine,
+                       const nlohmann::json& details) {
+  using json = nlohmann::json;
+  json j;
+  for (const auto& f : figs.list) {
+    j[f.field] = std::isnan(f.value) ? json(nullptr) : json(f.value);
+    j["targets"][f.field] = {{"target", f.target.empty() ? json(nullptr) : json(f.target)}, {"status", f.status()}};
+  }
+  j["machine"] = machine;
+  j["settings"] = {{"device", o.device}, {"quick", o.quick}, {"layers", o.layers}, {"batch", o.batch},
+                   {"tokens", o.tokens}, {"rank", o.rank}, {"alpha", o.alpha}, {"steps", o.steps},
+                   {"warmup", o.warmup}, {"threads", o.threads}, {"blas_threads", o.blas_threads},
+                   {"allocator", o.allocator}};
+  j["details"] = details;
+  std::ofstream(o.json_path) << j.dump(2) << "\n";
+}
+
+}  // namespace bench

@@ -1,0 +1,335 @@
+// The sweep's analysis of the point files: each file's record (RunRecord), the curves of a
+// value (the task's metric or the best validation loss) over learning rate per run column, the
+// optimal LR of a curve (a parabola in log10(LR) through the best grid point), each seed's own
+// optimum and the spread of optima over seeds, the settings common to every run, and the
+// training-loss curves at one LR. What the report shows is rendered elsewhere: results.json
+// (results_json.hpp), summary.md (summary.hpp), the plots (plot.hpp).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "errors.hpp"
+#include "grid.hpp"
+#include "stats.hpp"
+
+namespace sweep {
+
+/// The task's headline number.
+struct Metric {
+  std::string key = "test_acc";             ///< field name in results.json: "test_acc", "test_ppl"
+  std::string label = "test accuracy (%)";  ///< axis and table label
+  bool higher_is_better = true;
+};
+
+/// One point file, as the report needs it.
+struct RunRecord {
+  std::string key, column, method;
+  int64_t rank = 0;
+  double lr = 0;
+  uint64_t seed = 0;
+  std::optional<double> metric, best_val_loss;
+  bool diverged = false;
+  nlohmann::json doc;  ///< the whole point file
+};
+
+namespace detail {
+
+inline std::optional<double> optional_number(const nlohmann::json& j) {
+  if (j.is_number()) return j.get<double>();
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// The record of a point file `doc` (see engine.hpp for its schema); `metric_key` names the metric.
+inline RunRecord record_from_json(const nlohmann::json& doc, const std::string& metric_key) {
+  const auto& s = doc.at("settings");
+  const auto& r = doc.at("results");
+  // Out-of-range or non-integer numbers must not reach get<int64_t/uint64_t>() (undefined
+  // behaviour): an error instead, which the caller reports with the file's name.
+  for (const char* k : {"seed", "rank"})
+    if (s.contains(k) && !(s.at(k).is_number_unsigned() || (s.at(k).is_number_integer() && s.at(k).get<int64_t>() >= 0)))
+      throw examples::DataError(std::string("settings.") + k + " is " + s.at(k).dump() +
+                                ", not a non-negative integer");
+  RunRecord rec;
+  rec.key = doc.at("key").get<std::string>();
+  rec.method = s.at("method").get<std::string>();
+  rec.rank = s.value("rank", int64_t{0});
+  rec.lr = s.at("lr").get<double>();
+  rec.seed = s.at("seed").get<uint64_t>();
+  rec.column = rec.method == "full" ? "full" : "lora_r" + std::to_string(rec.rank);
+  rec.diverged = r.at("diverged").get<bool>();
+  rec.metric = detail::optional_number(r.value(metric_key, nlohmann::json()));
+  rec.best_val_loss = detail::optional_number(r.value("best_val_loss", nlohmann::json()));
+  rec.doc = doc;
+  return rec;
+}
+
+/// One LR of one run column: the values over seeds (diverged seeds left out).
+struct Cell {
+  double lr = 0;
+  std::vector<double> values;
+  int runs = 0;
+  int diverged = 0;
+
+  bool valid() const { return !values.empty(); }
+  double mean() const { return mean_of(values); }
+  /// Sample standard deviation (0 for one value).
+  double stddev() const { return stddev_of(values); }
+};
+
+/// One line of the plot / column of the table: a run column's cells by ascending LR.
+struct Curve {
+  std::string column;  ///< "full" or "lora_r16"
+  std::string label;   ///< "FullFT" or "r16"
+  bool full = false;
+  int64_t rank = 0;
+  std::vector<Cell> cells;
+};
+
+/// The curves of `records` for the value `value_of` picks (empty optional: diverged or absent),
+/// FullFT first, then ranks ascending.
+inline std::vector<Curve> make_curves(const std::vector<RunRecord>& records,
+                                      const std::function<std::optional<double>(const RunRecord&)>& value_of) {
+  std::map<std::pair<int64_t, std::string>, Curve> by_column;  // full has rank 0: first
+  for (const auto& rec : records) {
+    auto& c = by_column[{rec.method == "full" ? 0 : rec.rank, rec.column}];
+    c.column = rec.column;
+    c.full = rec.method == "full";
+    c.rank = rec.rank;
+    c.label = c.full ? "FullFT" : "r" + std::to_string(rec.rank);
+    auto it = std::find_if(c.cells.begin(), c.cells.end(), [&](const Cell& x) { return x.lr == rec.lr; });
+    if (it == c.cells.end()) it = c.cells.insert(c.cells.end(), Cell{rec.lr, {}, 0, 0});
+    ++it->runs;
+    const auto v = value_of(rec);
+    if (rec.diverged || !v) ++it->diverged;
+    else it->values.push_back(*v);
+  }
+  std::vector<Curve> out;
+  for (auto& kv : by_column) {
+    std::sort(kv.second.cells.begin(), kv.second.cells.end(), [](const Cell& a, const Cell& b) { return a.lr < b.lr; });
+    out.push_back(std::move(kv.second));
+  }
+  return out;
+}
+
+/// The vertex of the parabola through three points (x ascending): {x, y, a} with a the
+/// coefficient of x^2; nothing when the points are collinear.
+struct Vertex {
+  double x = 0, y = 0, a = 0;
+};
+inline std::optional<Vertex> parabola_vertex(const std::array<double, 3>& x, const std::array<double, 3>& y) {
+  const double d1 = (y[1] - y[0]) / (x[1] - x[0]);
+  const double d2 = (y[2] - y[1]) / (x[2] - x[1]);
+  const double a = (d2 - d1) / (x[2] - x[0]);
+  if (a == 0 || !std::isfinite(a)) return std::nullopt;
+  const double b = d1 - a * (x[0] + x[1]);
+  const double xv = -b / (2 * a);
+  return Vertex{xv, y[0] + d1 * (xv - x[0]) + a * (xv - x[0]) * (xv - x[1]), a};
+}
+
+/// The optimal LR of one curve.
+struct Optimum {
+  bool found = false;       ///< false: no LR gave a finite value
+  double grid_lr = 0;       ///< the best grid point
+  double grid_value = 0;
+  double lr = 0;            ///< the interpolated optimum (the grid point when not interpolated)
+  double value = 0;
+  bool interpolated = false;
+  std::string note;         ///< why it was not interpolated
+};
+
+/// The best grid LR of `c`, and the optimum of the parabola in log10(LR) through it and its two
+/// neighbours. At a grid edge, next to a diverged or missing neighbour, or when the parabola
+/// opens the wrong way, the optimum is the best grid point, and `note` says why.
+inline Optimum find_optimum(const Curve& c, bool higher_is_better) {
+  Optimum o;
+  int best = -1;
+  for (int i = 0; i < static_cast<int>(c.cells.size()); ++i) {
+    const auto& cell = c.cells[static_cast<size_t>(i)];
+    if (!cell.valid()) continue;
+    const bool better = best < 0 || (higher_is_better ? cell.mean() > c.cells[static_cast<size_t>(best)].mean()
+                                                      : cell.mean() < c.cells[static_cast<size_t>(best)].mean());
+    if (better) best = i;
+  }
+  if (best < 0) {
+    o.note = "no LR gave a finite value";
+    return o;
+  }
+  const auto& b = c.cells[static_cast<size_t>(best)];
+  o.found = true;
+  o.grid_lr = o.lr = b.lr;
+  o.grid_value = o.value = b.mean();
+  const std::string at = "best at LR " + lr_string(b.lr);
+  if (best == 0 || best + 1 == static_cast<int>(c.cells.size())) {
+    o.note = at + ", the edge of the grid: not interpolated; extend the grid past it";
+    return o;
+  }
+  const auto& lo = c.cells[static_cast<size_t>(best - 1)];
+  const auto& hi = c.cells[static_cast<size_t>(best + 1)];
+  if (!lo.valid() || !hi.valid()) {
+    o.note = at + ", next to a diverged LR: not interpolated";
+    return o;
+  }
+  const auto v = parabola_vertex({std::log10(lo.lr), std::log10(b.lr), std::log10(hi.lr)}, {lo.mean(), b.mean(), hi.mean()});
+  if (!v || (higher_is_better ? v->a > 0 : v->a < 0)) {
+    o.note = at + ", flat around it: not interpolated";
+    return o;
+  }
+  o.lr = std::pow(10.0, v->x);
+  o.value = v->y;
+  o.interpolated = true;
+  return o;
+}
+
+/// The optimum of every curve, in curve order.
+inline std::vector<Optimum> find_optima(const std::vector<Curve>& curves, bool higher_is_better) {
+  std::vector<Optimum> out;
+  for (const auto& c : curves) out.push_back(find_optimum(c, higher_is_better));
+  return out;
+}
+
+/// The optimum of the FullFT curve among `curves`, or nullptr when it has none.
+inline const Optimum* full_optimum(const std::vector<Curve>& curves, const std::vector<Optimum>& optima) {
+  const Optimum* full = nullptr;
+  for (size_t i = 0; i < curves.size(); ++i)
+    if (curves[i].full && optima[i].found) full = &optima[i];
+  return full;
+}
+
+/// Each seed's own optimum: seed -> column -> the optimum of that seed's curve alone.
+using SeedOptima = std::map<uint64_t, std::map<std::string, Optimum>>;
+
+inline SeedOptima seed_optima(const std::vector<RunRecord>& records,
+                              const std::function<std::optional<double>(const RunRecord&)>& value_of,
+                              bool higher_is_better) {
+  std::map<uint64_t, std::vector<RunRecord>> by_seed;
+  for (const auto& r : records) by_seed[r.seed].push_back(r);
+  SeedOptima out;
+  for (const auto& [seed, rs] : by_seed) {
+    const auto curves = make_curves(rs, value_of);
+    const auto optima = find_optima(curves, higher_is_better);
+    for (size_t i = 0; i < curves.size(); ++i) out[seed][curves[i].column] = optima[i];
+  }
+  return out;
+}
+
+/// One column's optimal LR over seeds, and its ratio to FullFT's seed by seed.
+struct SeedSpread {
+  std::map<uint64_t, Optimum> optima;    ///< the seeds whose curve has an optimum
+  std::map<uint64_t, double> ratios;     ///< optimum LR / FullFT's optimum LR of the same seed
+  std::optional<Interval> lr;            ///< over `optima`, on log10 (geometric mean)
+  std::optional<Interval> ratio;         ///< over `ratios`, on log10 (geometric mean)
+  int at_grid_point = 0;                 ///< seeds whose optimum (or FullFT's) was not interpolated
+};
+
+inline SeedSpread seed_spread(const SeedOptima& so, const std::string& column) {
+  SeedSpread s;
+  std::vector<double> lrs, ratios;
+  for (const auto& [seed, by_column] : so) {
+    const auto it = by_column.find(column);
+    if (it == by_column.end() || !it->second.found) continue;
+    s.optima[seed] = it->second;
+    lrs.push_back(it->second.lr);
+    bool interpolated = it->second.interpolated;
+    const auto full = by_column.find("full");
+    if (column != "full" && full != by_column.end() && full->second.found) {
+      s.ratios[seed] = it->second.lr / full->second.lr;
+      ratios.push_back(s.ratios[seed]);
+      interpolated = interpolated && full->second.interpolated;
+    }
+    s.at_grid_point += !interpolated;
+  }
+  s.lr = log_t_interval(lrs);
+  s.ratio = log_t_interval(ratios);
+  return s;
+}
+
+/// The settings (top-level keys of each record's "settings") equal in every record.
+inline nlohmann::json common_settings(const std::vector<RunRecord>& records) {
+  nlohmann::json common = nlohmann::json::object();
+  if (records.empty()) return common;
+  for (const auto& [k, v] : records.front().doc.at("settings").items()) {
+    bool same = true;
+    for (const auto& r : records) same = same && r.doc.at("settings").contains(k) && r.doc.at("settings").at(k) == v;
+    if (same) common[k] = v;
+  }
+  return common;
+}
+
+/// A value the report analyses per LR and run: its key, label and direction, and how to read it
+/// from a record.
+struct Measure {
+  Metric metric;
+  std::function<std::optional<double>(const RunRecord&)> of;
+};
+
+/// The values of the report, in order: the task's `metric`, then the best validation loss.
+inline std::vector<Measure> measures(const Metric& metric) {
+  return {{metric, [](const RunRecord& r) { return r.metric; }},
+          {{"best_val_loss", "best validation loss", false}, [](const RunRecord& r) { return r.best_val_loss; }}};
+}
+
+/// One value analysed: its curves (FullFT first, then ranks ascending), the optimum of each
+/// (of the mean over seeds), and each seed's own optima.
+struct Analysis {
+  Measure measure;
+  std::vector<Curve> curves;
+  std::vector<Optimum> optima;  ///< one per curve
+  SeedOptima per_seed;
+};
+
+/// The analysis of measure `m` over `records`.
+inline Analysis analyse(const std::vector<RunRecord>& records, const Measure& m) {
+  Analysis a{m, make_curves(records, m.of), {}, seed_optima(records, m.of, m.metric.higher_is_better)};
+  a.optima = find_optima(a.curves, m.metric.higher_is_better);
+  return a;
+}
+
+/// One line of a training-loss plot: `loss[i]` after `step[i]` optimizer steps.
+struct LossCurve {
+  std::string label;  ///< "FullFT", "r16"
+  bool full = false;
+  std::vector<int64_t> step;
+  std::vector<double> loss;
+};
+
+/// The training-loss curve of every column at learning rate `lr`, each the mean over the seeds
+/// that did not diverge (point files without "train_curve", or whose steps differ from the
+/// first seed's, are left out). FullFT first, then ranks ascending.
+inline std::vector<LossCurve> loss_curves_at(const std::vector<RunRecord>& records, double lr) {
+  std::map<std::pair<int64_t, std::string>, std::vector<const RunRecord*>> by_column;
+  for (const auto& r : records)
+    if (r.lr == lr && !r.diverged && r.doc.at("results").contains("train_curve"))
+      by_column[{r.method == "full" ? 0 : r.rank, r.column}].push_back(&r);
+  std::vector<LossCurve> out;
+  for (const auto& [k, rs] : by_column) {
+    LossCurve c;
+    c.full = k.second == "full";
+    c.label = c.full ? "FullFT" : "r" + std::to_string(k.first);
+    std::vector<std::vector<double>> losses;
+    for (const auto* r : rs) {
+      const auto& tc = r->doc.at("results").at("train_curve");
+      const auto steps = tc.at("step").get<std::vector<int64_t>>();
+      if (c.step.empty()) c.step = steps;
+      if (steps != c.step) continue;
+      losses.push_back(tc.at("loss").get<std::vector<double>>());
+    }
+    c.loss = mean_lists(losses);
+    if (!c.loss.empty()) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace sweep

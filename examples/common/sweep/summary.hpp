@@ -1,0 +1,164 @@
+// summary.md: per value (the task's metric, then the best validation loss) the table of that
+// value per LR and run, the optimal LR per run (interpolated in log10(LR)) and the LoRA/FullFT
+// ratio of optimal LRs, with the spread over seeds when several ran; then the missing points.
+// Built from the point files' records and their analysis (analysis.hpp).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "analysis.hpp"
+#include "grid.hpp"
+#include "stats.hpp"
+
+namespace sweep {
+
+namespace detail {
+
+/// A table cell: "91.24", "91.2 ± 0.31", "diverged", "91.2 (1/3 diverged)", or "" when not run.
+inline std::string cell_text(const Cell* c, bool best) {
+  if (!c) return "";
+  if (!c->valid()) return "diverged";
+  std::string s = num(c->mean());
+  if (c->values.size() >= 2) s += " ± " + num(c->stddev(), "%.2g");
+  if (best) s = "**" + s + "**";
+  if (c->diverged > 0) s += " (" + std::to_string(c->diverged) + "/" + std::to_string(c->runs) + " diverged)";
+  return s;
+}
+
+/// "1.2e-05"-style LR for interpolated optima.
+inline std::string lr_text(double lr) { return num(lr, "%.3g"); }
+
+/// The table of `value_name` per LR (rows) and run (columns), best per column in bold.
+inline std::string value_table(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
+                               const std::string& value_name) {
+  std::set<double> lrs;
+  for (const auto& c : curves)
+    for (const auto& cell : c.cells) lrs.insert(cell.lr);
+  std::ostringstream s;
+  s << "| LR \\ " << value_name << " |";
+  for (const auto& c : curves) s << " " << c.label << " |";
+  s << "\n|---|";
+  for (size_t i = 0; i < curves.size(); ++i) s << "---|";
+  s << "\n";
+  for (const double lr : lrs) {
+    s << "| " << lr_string(lr) << " |";
+    for (size_t i = 0; i < curves.size(); ++i) {
+      const auto& cells = curves[i].cells;
+      const auto it = std::find_if(cells.begin(), cells.end(), [&](const Cell& c) { return c.lr == lr; });
+      const Cell* cell = it == cells.end() ? nullptr : &*it;
+      s << " " << cell_text(cell, cell && optima[i].found && optima[i].grid_lr == lr) << " |";
+    }
+    s << "\n";
+  }
+  return s.str();
+}
+
+/// "1.2e-03 [8.1e-04, 1.8e-03]": a geometric mean with its 95% interval.
+inline std::string interval_text(const std::optional<Interval>& i, const char* format = "%.3g") {
+  if (!i) return "-";
+  return num(i->mean, format) + " [" + num(i->lo, format) + ", " + num(i->hi, format) + "]";
+}
+
+/// With several seeds: each seed's optimal LR and LoRA/FullFT ratio, and their 95% intervals.
+inline std::string seeds_table(const std::vector<Curve>& curves, const SeedOptima& per_seed) {
+  std::ostringstream s;
+  s << "Over seeds (each seed's own curve, parabola in log10 LR; intervals: Student t 95% on log10 over seeds, "
+       "shown as geometric mean [lo, hi]; * = that seed's optimum, or FullFT's, is a grid point):\n\n"
+    << "| run | optimum LR per seed | optimum LR | LoRA/FullFT ratio per seed | ratio |\n|---|---|---|---|---|\n";
+  for (const auto& c : curves) {
+    const auto spread = seed_spread(per_seed, c.column);
+    std::string lrs, ratios;
+    for (const auto& [seed, o] : spread.optima) {
+      lrs += (lrs.empty() ? "" : ", ") + lr_text(o.lr) + (o.interpolated ? "" : "*");
+      const auto r = spread.ratios.find(seed);
+      if (r != spread.ratios.end()) ratios += (ratios.empty() ? "" : ", ") + num(r->second, "%.3g");
+    }
+    s << "| " << c.label << " | " << (lrs.empty() ? "-" : lrs) << " | " << interval_text(spread.lr) << " | "
+      << (ratios.empty() ? "-" : ratios) << " | " << (c.full ? "-" : interval_text(spread.ratio)) << " |\n";
+  }
+  s << "\n";
+  return s.str();
+}
+
+/// The optimum table, the ratio line and the notes for one value.
+inline std::string optimum_section(const std::vector<Curve>& curves, const std::vector<Optimum>& optima,
+                                   const std::string& value_name, const SeedOptima& per_seed = {}) {
+  const Optimum* full = full_optimum(curves, optima);
+  std::ostringstream s, ratios, notes;
+  s << "| run | best LR (grid) | " << value_name << " there | optimum LR (parabola in log10 LR) | LoRA/FullFT LR ratio |\n"
+    << "|---|---|---|---|---|\n";
+  for (size_t i = 0; i < curves.size(); ++i) {
+    const auto& o = optima[i];
+    const auto& c = curves[i];
+    if (!o.found) {
+      s << "| " << c.label << " | - | diverged | - | - |\n";
+      notes << "- " << c.label << ": " << o.note << ".\n";
+      continue;
+    }
+    std::string ratio = "-";
+    if (full && !c.full) {
+      ratio = num(o.lr / full->lr, "%.3g") + "x (grid " + num(o.grid_lr / full->grid_lr, "%.3g") + "x)";
+      ratios << (ratios.tellp() > 0 ? ", " : "") << c.label << " " << num(o.lr / full->lr, "%.3g") << "x"
+             << (o.interpolated && full->interpolated ? "" : " (from grid points, see notes)");
+    }
+    s << "| " << c.label << " | " << lr_string(o.grid_lr) << " | " << num(o.grid_value) << " | " << lr_text(o.lr)
+      << (o.interpolated ? "" : " (grid point)") << " | " << ratio << " |\n";
+    if (!o.interpolated) notes << "- " << c.label << ": " << o.note << ".\n";
+  }
+  s << "\n";
+  if (per_seed.size() >= 2) s << seeds_table(curves, per_seed);
+  if (!full) s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": no FullFT result to compare with.\n";
+  else if (ratios.tellp() > 0) s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": " << ratios.str() << ".\n";
+  else s << "LoRA/FullFT ratio of optimal LRs by " << value_name << ": no LoRA result to compare with.\n";
+  if (notes.tellp() > 0) s << "\nNotes:\n" << notes.str();
+  return s.str();
+}
+
+/// "key value, key value" for the scalar and list common settings.
+inline std::string settings_line(const nlohmann::json& common) {
+  std::string s;
+  for (const auto& [k, v] : common.items()) {
+    if (v.is_object()) continue;
+    s += (s.empty() ? "" : ", ") + k + " " + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  return s;
+}
+
+}  // namespace detail
+
+/// summary.md (see the header comment) of `records`; `missing` lists grid keys without a file.
+inline std::string summary_markdown(const std::string& task, const std::string& model, const Metric& metric,
+                                    const std::vector<RunRecord>& records, const std::vector<std::string>& missing) {
+  std::set<uint64_t> seeds;
+  for (const auto& r : records) seeds.insert(r.seed);
+  std::ostringstream s;
+  s << "# LR sweep: " << task << " (" << model << ")\n\n"
+    << records.size() << " runs, seed" << (seeds.size() > 1 ? "s " : " ");
+  std::string sep;
+  for (const auto seed : seeds) s << sep << seed, sep = " ";
+  if (seeds.size() > 1) s << " (mean ± sample std over seeds)";
+  s << ". Settings shared by every run: " << detail::settings_line(common_settings(records)) << ".\n";
+
+  for (const auto& m : measures(metric)) {
+    const auto a = analyse(records, m);
+    const auto& v = m.metric;
+    s << "\n## " << v.label << " (" << v.key << ", " << (v.higher_is_better ? "higher" : "lower") << " is better)\n\n"
+      << detail::value_table(a.curves, a.optima, v.key) << "\n### Optimal LR by " << v.key << "\n\n"
+      << detail::optimum_section(a.curves, a.optima, v.key, a.per_seed);
+  }
+  if (!missing.empty()) {
+    s << "\n## Missing points (" << missing.size() << ")\n\n";
+    for (const auto& k : missing) s << "- " << k << "\n";
+  }
+  return s.str();
+}
+
+}  // namespace sweep
