@@ -21,7 +21,6 @@ struct Figure {
   std::string field, what;
   double value = NAN;
   std::string target;  ///< "<= 0.70", ">= 5", or "" (reported, no target)
-  std::string unit;
   std::string status() const {
     if (std::isnan(value)) return "not run";
     if (target.empty()) return "info";

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <fd_io.hpp>
 #include <perf/allocator.hpp>
 #include <perf/blas.hpp>
 
@@ -42,18 +43,8 @@ inline void apply_threads(const Options& o) {
 }
 
 inline void write_line(int fd, const std::string& s) {
-  std::string line = s + "\n";
-  const char* p = line.data();
-  size_t left = line.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error(std::string("pipe write failed: ") + std::strerror(errno));
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
+  if (!examples::write_all(fd, s + "\n"))
+    throw std::runtime_error(std::string("pipe write failed: ") + std::strerror(errno));
 }
 
 inline bool read_line(FILE* f, std::string& out) {

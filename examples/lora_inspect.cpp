@@ -31,11 +31,11 @@ namespace {
 
 json read_json(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw examples::FileError(lora::detail::str("cannot open '", path, "'"));
+  if (!in) throw examples::FileError(examples::str("cannot open '", path, "'"));
   try {
     return json::parse(in);
   } catch (const json::exception& e) {
-    throw examples::FileError(lora::detail::str("'", path, "' is not valid JSON: ", e.what()));
+    throw examples::FileError(examples::str("'", path, "' is not valid JSON: ", e.what()));
   }
 }
 
@@ -51,12 +51,12 @@ json to_json(const torch::Tensor& t) {
 /// Nested JSON lists of integers -> an int64 tensor (B, T); rows must have equal lengths.
 torch::Tensor ids_tensor(const json& rows, const char* field) {
   if (!rows.is_array() || rows.empty() || !rows[0].is_array())
-    throw examples::DataError(lora::detail::str("input field '", field, "' must be a non-empty list of lists of integers"));
+    throw examples::DataError(examples::str("input field '", field, "' must be a non-empty list of lists of integers"));
   const auto T = rows[0].size();
   std::vector<int64_t> flat;
   for (const auto& r : rows) {
     if (r.size() != T)
-      throw examples::DataError(lora::detail::str("input field '", field, "': rows have different lengths (", T, " and ",
+      throw examples::DataError(examples::str("input field '", field, "': rows have different lengths (", T, " and ",
                                                   r.size(), "); pad them and pass an attention_mask"));
     for (const auto& v : r) flat.push_back(v.get<int64_t>());
   }
@@ -83,7 +83,7 @@ int cmd_tokenize(const std::string& dir, const std::string& kind, const std::str
     texts = read_json(texts_json).at("texts").get<std::vector<std::string>>();
   } else {
     std::ifstream in(text_file, std::ios::binary);
-    if (!in) throw examples::FileError(lora::detail::str("cannot open --text-file '", text_file, "'"));
+    if (!in) throw examples::FileError(examples::str("cannot open --text-file '", text_file, "'"));
     for (std::string line; std::getline(in, line);) texts.push_back(line);
   }
   json ids = json::array();
@@ -149,7 +149,7 @@ int cmd_forward(const std::string& dir, const std::string& input_file, const std
     if (input.contains("labels") && !input["labels"].is_null())
       out["loss"] = models::causal_lm_loss(logits, ids_tensor(input["labels"], "labels")).item<double>();
   } else {
-    throw examples::FileError(lora::detail::str("'", dir, "/config.json' has model_type '", type,
+    throw examples::FileError(examples::str("'", dir, "/config.json' has model_type '", type,
                                                 "'; lora_inspect forward supports distilbert and gpt2"));
   }
   std::cout << out.dump() << "\n";
@@ -159,7 +159,7 @@ int cmd_forward(const std::string& dir, const std::string& input_file, const std
 int cmd_ppl(const std::string& dir, const std::string& text_file, int64_t block_size, int64_t batch_size,
             int64_t max_blocks) {
   if (model_type(dir) != "gpt2")
-    throw examples::UsageError(lora::detail::str("lora_inspect ppl needs a GPT-2 folder; '", dir, "' is not one"));
+    throw examples::UsageError(examples::str("lora_inspect ppl needs a GPT-2 folder; '", dir, "' is not one"));
   auto loaded = models::load_gpt2(dir);
   loaded.model->eval();
   text::BpeTokenizer tok(fs::path(dir) / "vocab.json", fs::path(dir) / "merges.txt");

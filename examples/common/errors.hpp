@@ -6,10 +6,21 @@
 // any of them: error_message.hpp.
 #pragma once
 
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace examples {
+
+/// Concatenates its arguments with operator<< into one string: how the example code builds its
+/// error messages.
+template <typename... Args>
+std::string str(Args&&... args) {
+  std::ostringstream out;
+  (out << ... << std::forward<Args>(args));
+  return out.str();
+}
 
 /// Base of every exception the example code throws.
 class Error : public std::runtime_error {

@@ -44,7 +44,7 @@ namespace detail {
 inline std::int64_t agnews_label(const CsvRow& row, const std::string& source) {
   const std::string& c = row.fields[0];
   if (c.size() != 1 || c[0] < '1' || c[0] > '4')
-    throw examples::FileError(lora::detail::str(source, ":", row.line, ": AG-News class is \"", c,
+    throw examples::FileError(examples::str(source, ":", row.line, ": AG-News class is \"", c,
                                                 "\", expected 1, 2, 3 or 4; is this an ag_news_csv file?"));
   return c[0] - '1';
 }
@@ -81,7 +81,7 @@ inline std::size_t val_part_size(std::size_t n, double val_fraction) {
 /// pool in error messages.
 inline TrainValSplit split_train_val(const std::vector<Example>& pool, const SplitOptions& o,
                                      const std::string& source) {
-  using lora::detail::str;
+  using examples::str;
   if (!(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     throw examples::DataError(str("val_fraction is ", o.val_fraction, "; it must lie strictly between 0 and 1"));
   const std::size_t n = pool.size(), n_val = val_part_size(n, o.val_fraction), n_train = n - n_val;

@@ -95,7 +95,7 @@ struct Batch {
 namespace detail {
 
 inline void check(const BatchOptions& o) {
-  using lora::detail::str;
+  using examples::str;
   if (o.batch_size < 1) throw examples::DataError(str("batch_size is ", o.batch_size, "; it must be at least 1"));
   if (o.max_len < 1) throw examples::DataError(str("max_len is ", o.max_len, "; it must be at least 1"));
   if (o.bucket_batches < 0)
@@ -140,7 +140,7 @@ inline std::vector<std::int64_t> truncated(const std::vector<std::int64_t>& seq,
 /// input_ids and attention_mask of the sequences `batch` of `seqs`, truncated and padded.
 inline std::pair<torch::Tensor, torch::Tensor> pad(const std::vector<std::vector<std::int64_t>>& seqs,
                                                    const std::vector<std::size_t>& batch, const BatchOptions& o) {
-  using lora::detail::str;
+  using examples::str;
   check(o);
   if (batch.empty()) throw examples::DataError("collate: the batch holds no example indices");
   std::int64_t width = 0;
@@ -225,7 +225,7 @@ inline Batch collate_classification(const std::vector<std::vector<std::int64_t>>
                                     const std::vector<std::int64_t>& labels, const std::vector<std::size_t>& batch,
                                     const BatchOptions& o) {
   if (labels.size() != seqs.size())
-    throw examples::DataError(lora::detail::str("collate_classification: ", seqs.size(), " sequences but ",
+    throw examples::DataError(examples::str("collate_classification: ", seqs.size(), " sequences but ",
                                                 labels.size(), " labels; pass one label per sequence"));
   auto [ids, mask] = detail::pad(seqs, batch, o);
   std::vector<std::int64_t> y;

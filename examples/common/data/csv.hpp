@@ -65,7 +65,7 @@ class CsvScanner {
   }
 
   [[noreturn]] void fail(std::size_t line, const std::string& what) const {
-    throw examples::FileError(lora::detail::str(source_, ":", line, ": ", what));
+    throw examples::FileError(examples::str(source_, ":", line, ": ", what));
   }
 
  private:
@@ -106,7 +106,7 @@ class CsvScanner {
       }
     }
     if (!done() && text_[pos_] != ',' && !at_line_break())
-      fail(line_, lora::detail::str("unexpected character '", text_[pos_],
+      fail(line_, examples::str("unexpected character '", text_[pos_],
                                     "' after a closing quote; a quote inside a quoted field must be doubled (\"\")"));
     return out;
   }
@@ -129,7 +129,7 @@ inline std::vector<CsvRow> parse_csv(std::string_view text, const std::string& s
     CsvRow r = scan.row();
     if (expected_fields == 0) expected_fields = r.fields.size();
     if (r.fields.size() != expected_fields)
-      scan.fail(r.line, lora::detail::str("row has ", r.fields.size(), " fields, expected ", expected_fields,
+      scan.fail(r.line, examples::str("row has ", r.fields.size(), " fields, expected ", expected_fields,
                                           "; check for an unquoted comma or a missing field"));
     rows.push_back(std::move(r));
   }
@@ -141,7 +141,7 @@ inline std::vector<CsvRow> read_csv(const std::filesystem::path& path, std::size
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw examples::FileError(
-        lora::detail::str("cannot open CSV file ", path.string(), "; check that the path exists"));
+        examples::str("cannot open CSV file ", path.string(), "; check that the path exists"));
   std::ostringstream text;
   text << in.rdbuf();
   return parse_csv(text.str(), path.string(), expected_fields);

@@ -48,7 +48,7 @@ inline std::vector<std::string> read_lines(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw examples::FileError(
-        lora::detail::str("cannot open text file ", path.string(), "; check that the path exists"));
+        examples::str("cannot open text file ", path.string(), "; check that the path exists"));
   std::vector<std::string> lines;
   std::string line;
   while (std::getline(in, line)) {
@@ -87,7 +87,7 @@ inline std::vector<std::int64_t> token_stream(const std::vector<std::string>& li
 inline std::vector<std::vector<std::int64_t>> make_blocks(const std::vector<std::int64_t>& stream,
                                                           std::int64_t block_size) {
   if (block_size < 2)
-    throw examples::DataError(lora::detail::str("block_size is ", block_size,
+    throw examples::DataError(examples::str("block_size is ", block_size,
                                                 "; it must be at least 2 (a block's first token is never predicted)"));
   std::vector<std::vector<std::int64_t>> blocks;
   const auto bs = static_cast<std::size_t>(block_size);
@@ -118,7 +118,7 @@ struct LmSplit {
 inline LmSplit load_wikitext(const std::filesystem::path& path, const Tokenize& tokenize, std::int64_t block_size) {
   const auto lines = text_lines(read_lines(path));
   if (lines.empty())
-    throw examples::FileError(lora::detail::str(path.string(), " holds no text lines; is it a WikiText .raw file?"));
+    throw examples::FileError(examples::str(path.string(), " holds no text lines; is it a WikiText .raw file?"));
   const auto stream = token_stream(lines, tokenize);
   LmSplit s;
   s.blocks = make_blocks(stream, block_size);

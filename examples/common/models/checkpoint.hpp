@@ -43,7 +43,7 @@ struct LoadReport {
   std::string summary() const {
     std::string tied_names;
     for (const auto& [key, source] : tied) tied_names += (tied_names.empty() ? "" : ", ") + key + " = " + source;
-    return lora::detail::str("loaded ", loaded.size(), " tensors from '", file,
+    return examples::str("loaded ", loaded.size(), " tensors from '", file,
                              "'\n  tied: ", tied_names.empty() ? "none" : tied_names,
                              "\n  missing: ", detail::join(missing), "\n  initialised: ", detail::join(initialized),
                              "\n  unused: ", detail::join(unused), "\n  ignored buffers: ", ignored.size());
@@ -117,7 +117,7 @@ inline void hf_init(torch::Tensor t, double std, at::Generator& gen) {
 /// tensors the model needs that cannot be initialised.
 inline LoadReport load_weights(torch::nn::Module& model, const lora::safetensors::File& file,
                                const CheckpointLayout& layout) {
-  using lora::detail::str;
+  using examples::str;
   const auto params = detail::base_parameters(model);
   LoadReport report;
   report.file = file.path();

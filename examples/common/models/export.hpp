@@ -68,7 +68,7 @@ struct ExportLayout {
 /// does), unless merging untied the two.
 inline torch::OrderedDict<std::string, torch::Tensor> merged_state(torch::nn::Module& model, const ExportLayout& layout,
                                                                    ExportReport& report) {
-  using lora::detail::str;
+  using examples::str;
   const auto merged = lora::merged_state_dict(model);  // adapter tensors left out
   torch::OrderedDict<std::string, torch::Tensor> out;
   std::map<const void*, std::string> first_name;  // TensorImpl -> first parameter name
@@ -135,7 +135,7 @@ inline void write_checkpoint(const std::string& dir, const torch::OrderedDict<st
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
-    throw examples::FileError(lora::detail::str("merged export: cannot create folder '", dir, "': ", ec.message()));
+    throw examples::FileError(examples::str("merged export: cannot create folder '", dir, "': ", ec.message()));
   lora::safetensors::save((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   lora::write_text_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n", "config.json");
 }
@@ -220,30 +220,32 @@ inline ExportReport export_merged(GPT2LMHeadModel& model, const std::string& dir
   return report;
 }
 
+namespace detail {
+/// A DistilBERT model (`M`: ...ForSequenceClassification or ...ForMaskedLM) -> `dir`, with
+/// config.json's "architectures" = {architecture}.
+template <typename M>
+ExportReport export_distilbert(M& model, const std::string& dir, const char* architecture) {
+  ExportReport report;
+  report.dir = dir;
+  ExportLayout layout;
+  layout.architecture = "DistilBERT";
+  const auto tensors = merged_state(*model, layout, report);
+  write_checkpoint(dir, tensors, distilbert_config_json(model->config, architecture));
+  return report;
+}
+}  // namespace detail
+
 /// DistilBertForSequenceClassification -> `dir` as transformers saves it ("distilbert.*",
 /// pre_classifier, classifier; id2label sized to num_labels).
 inline ExportReport export_merged(DistilBertForSequenceClassification& model, const std::string& dir) {
-  ExportReport report;
-  report.dir = dir;
-  detail::ExportLayout layout;
-  layout.architecture = "DistilBERT";
-  const auto tensors = detail::merged_state(*model, layout, report);
-  detail::write_checkpoint(dir, tensors,
-                           detail::distilbert_config_json(model->config, "DistilBertForSequenceClassification"));
-  return report;
+  return detail::export_distilbert(model, dir, "DistilBertForSequenceClassification");
 }
 
 /// DistilBertForMaskedLM -> `dir` as transformers saves it (vocab_projector.weight, tied to the
 /// word embeddings, left out). An adapter on vocab_projector cannot be exported merged (this
 /// model always ties the two): examples::DataError.
 inline ExportReport export_merged(DistilBertForMaskedLM& model, const std::string& dir) {
-  ExportReport report;
-  report.dir = dir;
-  detail::ExportLayout layout;
-  layout.architecture = "DistilBERT";
-  const auto tensors = detail::merged_state(*model, layout, report);
-  detail::write_checkpoint(dir, tensors, detail::distilbert_config_json(model->config, "DistilBertForMaskedLM"));
-  return report;
+  return detail::export_distilbert(model, dir, "DistilBertForMaskedLM");
 }
 
 }  // namespace models

@@ -164,7 +164,7 @@ namespace detail {
 inline std::pair<torch::Tensor, torch::Tensor> shift_for_next_token(const torch::Tensor& logits,
                                                                     const torch::Tensor& labels) {
   if (logits.dim() != 3 || labels.sizes() != logits.sizes().slice(0, 2))
-    throw examples::DataError(lora::detail::str("causal LM loss: logits ", logits.sizes(), " and labels ", labels.sizes(),
+    throw examples::DataError(examples::str("causal LM loss: logits ", logits.sizes(), " and labels ", labels.sizes(),
                                                 " do not fit; expected (B, T, V) and (B, T)."));
   const auto T = logits.size(1), V = logits.size(2);
   return {logits.narrow(1, 0, std::max<int64_t>(T - 1, 0)).reshape({-1, V}),

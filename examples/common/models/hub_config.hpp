@@ -107,7 +107,7 @@ inline double mask_value(c10::ScalarType t) {
 
 namespace detail {
 
-using lora::detail::str;
+using examples::str;
 
 /// Reads the fields of one config.json; absent and null fields take the given default.
 class ConfigReader {
@@ -291,10 +291,10 @@ inline DistilBertConfig read_distilbert_config(const std::string& path) {
   c.pad_token_id = r.integer("pad_token_id", c.pad_token_id, 0);
   c.num_labels = r.num_labels();
   if (c.dim % c.n_heads != 0)
-    r.fail("n_heads", nlohmann::json(c.n_heads), lora::detail::str("a divisor of dim (", c.dim, ")"), "12");
+    r.fail("n_heads", nlohmann::json(c.n_heads), examples::str("a divisor of dim (", c.dim, ")"), "12");
   if (c.pad_token_id >= c.vocab_size)
     r.fail("pad_token_id", nlohmann::json(c.pad_token_id),
-           lora::detail::str("an id below vocab_size (", c.vocab_size, ")"), "0");
+           examples::str("an id below vocab_size (", c.vocab_size, ")"), "0");
   return c;
 }
 
@@ -323,7 +323,7 @@ inline GPT2Config read_gpt2_config(const std::string& path) {
   c.bos_token_id = r.integer("bos_token_id", c.bos_token_id, 0);
   c.eos_token_id = r.integer("eos_token_id", c.eos_token_id, 0);
   if (c.n_embd % c.n_head != 0)
-    r.fail("n_head", nlohmann::json(c.n_head), lora::detail::str("a divisor of n_embd (", c.n_embd, ")"), "12");
+    r.fail("n_head", nlohmann::json(c.n_head), examples::str("a divisor of n_embd (", c.n_embd, ")"), "12");
   return c;
 }
 

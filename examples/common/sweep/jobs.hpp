@@ -37,6 +37,7 @@
 
 #include "error_message.hpp"
 #include "errors.hpp"
+#include "fd_io.hpp"
 #include "progress.hpp"
 
 namespace sweep {
@@ -92,15 +93,8 @@ class PipeReporter : public Reporter {
   void note(const std::string& line) override { send("N\t" + one_line(line)); }
 
  private:
-  void send(std::string msg) {
-    msg += '\n';
-    size_t done = 0;
-    while (done < msg.size()) {
-      const ssize_t n = ::write(fd_, msg.data() + done, msg.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;  // the parent is gone; the worker ends with it
-      done += static_cast<size_t>(n);
-    }
+  void send(const std::string& msg) {
+    examples::write_all(fd_, msg + "\n");  // false: the parent is gone; the worker ends with it
   }
   int fd_;
 };

@@ -107,8 +107,10 @@ inline void end_line(std::ostringstream& s, const Frame& f, size_t i, const Line
 }
 
 /// The opening of a W x H plot: the XML declaration, <svg>, a white background and `title`
-/// centred at `title_x`.
+/// centred at `title_x`; `s` writes numbers with one decimal from here on.
 inline void svg_begin(std::ostringstream& s, double W, double H, double title_x, const std::string& title) {
+  s.setf(std::ios::fixed);
+  s.precision(1);
   s << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
     << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
     << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
@@ -147,8 +149,6 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   const auto Y = [&](double v) { return top + (ymax - v) / (ymax - ymin) * ph; };
 
   std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(1);
   detail::svg_begin(s, W, H, left + pw / 2, title);
 
   // Axes, grid lines and ticks: one x tick per LR run, y ticks at a 1-2-5 step.
@@ -237,8 +237,6 @@ inline std::string loss_curves_svg(const std::vector<LossCurve>& curves, const s
   const auto X = [&](double st) { return left + st / xmax * pw; };
   const auto Y = [&](double v) { return top + (ymax - v) / (ymax - ymin) * ph; };
   std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(1);
   detail::svg_begin(s, W, H, left + pw / 2, title);
   s << "<g stroke=\"#dddddd\" stroke-width=\"1\">\n";
   const double xstep = detail::nice_step(xmax, 8), ystep = detail::nice_step(ymax - ymin, 6);

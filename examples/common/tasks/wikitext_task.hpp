@@ -92,7 +92,7 @@ class WikiTextTask : public sweep::Task {
   static std::vector<std::vector<int64_t>> first_blocks(std::vector<std::vector<int64_t>> blocks, int64_t n,
                                                         const char* flag) {
     if (n > static_cast<int64_t>(blocks.size()))
-      throw examples::DataError(lora::detail::str(flag, " ", n, " asks for more blocks than the split holds (",
+      throw examples::DataError(examples::str(flag, " ", n, " asks for more blocks than the split holds (",
                                                   blocks.size(), " at this --block-size). Lower it, or 0 for all."));
     if (n > 0) blocks.resize(static_cast<size_t>(n));
     return blocks;

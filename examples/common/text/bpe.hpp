@@ -72,7 +72,7 @@ class BpeTokenizer {
     std::string out;
     for (auto id : ids) {
       if (id < 0 || static_cast<std::size_t>(id) >= model_->token_bytes.size())
-        throw DataError(lora::detail::str("BpeTokenizer::decode: id ", id, " is outside the vocabulary [0, ",
+        throw DataError(examples::str("BpeTokenizer::decode: id ", id, " is outside the vocabulary [0, ",
                                     model_->token_bytes.size(), ")"));
       out += model_->token_bytes[static_cast<std::size_t>(id)];
     }
@@ -199,7 +199,7 @@ class BpeTokenizer {
       const auto step = unicode::decode(token, i);
       i += step.len;
       if (!step.valid || step.cp >= decoder.size() || decoder[step.cp] < 0)
-        throw FileError(lora::detail::str("'", file.string(), "': the token \"", token,
+        throw FileError(examples::str("'", file.string(), "': the token \"", token,
                                     "\" is not spelled in GPT-2's byte-to-unicode alphabet. Pass GPT-2's vocab.json and merges.txt."));
       out += static_cast<char>(decoder[step.cp]);
     }
@@ -210,7 +210,7 @@ class BpeTokenizer {
   static std::ifstream open(const std::filesystem::path& path, std::string_view what) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
-      throw FileError(lora::detail::str("cannot open the GPT-2 BPE ", what, " '", path.string(), "': ", std::strerror(errno),
+      throw FileError(examples::str("cannot open the GPT-2 BPE ", what, " '", path.string(), "': ", std::strerror(errno),
                                   ". Pass the vocab.json and merges.txt of GPT-2 (gpt2, distilgpt2)."));
     return in;
   }
@@ -222,17 +222,17 @@ class BpeTokenizer {
     try {
       j = nlohmann::json::parse(in);
     } catch (const nlohmann::json::exception& e) {
-      throw FileError(lora::detail::str("'", path.string(), "' is not valid JSON (", e.what(), "). Pass GPT-2's vocab.json."));
+      throw FileError(examples::str("'", path.string(), "' is not valid JSON (", e.what(), "). Pass GPT-2's vocab.json."));
     }
     if (!j.is_object() || j.empty())
-      throw FileError(lora::detail::str("'", path.string(), "' is not a JSON object of token -> id. Pass GPT-2's vocab.json."));
+      throw FileError(examples::str("'", path.string(), "' is not a JSON object of token -> id. Pass GPT-2's vocab.json."));
     std::unordered_map<std::string, std::int32_t> ids;
     m.token_bytes.assign(j.size(), std::string());
     std::vector<bool> seen(j.size(), false);
     for (const auto& [token, value] : j.items()) {
       const auto id = value.is_number_integer() ? value.get<std::int64_t>() : -1;
       if (id < 0 || static_cast<std::size_t>(id) >= j.size() || seen[static_cast<std::size_t>(id)])
-        throw FileError(lora::detail::str("'", path.string(), "': the id of \"", token, "\" is ", value.dump(), "; ids must be 0..",
+        throw FileError(examples::str("'", path.string(), "': the id of \"", token, "\" is ", value.dump(), "; ids must be 0..",
                                     j.size() - 1, ", each once. Pass GPT-2's vocab.json."));
       seen[static_cast<std::size_t>(id)] = true;
       auto bytes = token_to_bytes(token, path);
@@ -247,7 +247,7 @@ class BpeTokenizer {
                                  std::string_view line, std::size_t line_no, const std::filesystem::path& path) {
     const auto it = ids.find(bytes);
     if (it == ids.end())
-      throw FileError(lora::detail::str("'", path.string(), "' line ", line_no, " (\"", line,
+      throw FileError(examples::str("'", path.string(), "' line ", line_no, " (\"", line,
                                   "\") uses or makes a token that vocab.json lacks. Pass the merges.txt that belongs to this vocab.json."));
     return it->second;
   }
@@ -267,7 +267,7 @@ class BpeTokenizer {
       if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
       const auto space = line.find(' ');
       if (space == 0 || space == std::string::npos || space + 1 == line.size() || line.find(' ', space + 1) != std::string::npos)
-        throw FileError(lora::detail::str("'", path.string(), "' line ", line_no, " (\"", line,
+        throw FileError(examples::str("'", path.string(), "' line ", line_no, " (\"", line,
                                     "\") is not two tokens separated by one space. Pass GPT-2's merges.txt."));
       const auto left = token_to_bytes(std::string_view(line).substr(0, space), path);
       const auto right = token_to_bytes(std::string_view(line).substr(space + 1), path);
@@ -283,13 +283,13 @@ class BpeTokenizer {
     for (unsigned b = 0; b < 256; ++b) {
       const auto it = ids.find(std::string(1, static_cast<char>(b)));
       if (it == ids.end())
-        throw FileError(lora::detail::str("'", vocab_json.string(), "' has no token for byte ", b,
+        throw FileError(examples::str("'", vocab_json.string(), "' has no token for byte ", b,
                                     "; a byte-level BPE vocabulary has all 256. Pass GPT-2's vocab.json."));
       m.byte_id[b] = it->second;
     }
     const auto eos = ids.find("<|endoftext|>");
     if (eos == ids.end())
-      throw FileError(lora::detail::str("'", vocab_json.string(), "' has no <|endoftext|> token. Pass GPT-2's vocab.json."));
+      throw FileError(examples::str("'", vocab_json.string(), "' has no <|endoftext|> token. Pass GPT-2's vocab.json."));
     m.eos = eos->second;
     load_merges(merges_txt, ids, m);
     return m;

@@ -153,7 +153,7 @@ class WordPieceTokenizer {
   /// The vocabulary entry of `id`; throws examples::DataError outside [0, vocab_size()).
   const std::string& token(std::int64_t id) const {
     if (id < 0 || static_cast<std::size_t>(id) >= vocab_->tokens.size())
-      throw DataError(lora::detail::str("WordPieceTokenizer: id ", id, " is outside the vocabulary [0, ", vocab_->tokens.size(), ")"));
+      throw DataError(examples::str("WordPieceTokenizer: id ", id, " is outside the vocabulary [0, ", vocab_->tokens.size(), ")"));
     return vocab_->tokens[static_cast<std::size_t>(id)];
   }
 
@@ -256,7 +256,7 @@ class WordPieceTokenizer {
   static Vocab load(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
-      throw FileError(lora::detail::str("cannot open the WordPiece vocabulary '", path.string(), "': ", std::strerror(errno),
+      throw FileError(examples::str("cannot open the WordPiece vocabulary '", path.string(), "': ", std::strerror(errno),
                                   ". Pass the vocab.txt of an uncased BERT model (bert-base-uncased, distilbert-base-uncased)."));
     Vocab v;
     for (std::string line; std::getline(in, line);) {
@@ -264,7 +264,7 @@ class WordPieceTokenizer {
       v.tokens.push_back(std::move(line));
     }
     if (v.tokens.size() > static_cast<std::size_t>(INT32_MAX))
-      throw FileError(lora::detail::str("the WordPiece vocabulary '", path.string(), "' has too many lines (", v.tokens.size(), ")."));
+      throw FileError(examples::str("the WordPiece vocabulary '", path.string(), "' has too many lines (", v.tokens.size(), ")."));
     v.whole = PieceTable(v.tokens.size(), 0);
     v.suffix = PieceTable(v.tokens.size(), 2);
     for (std::size_t id = 0; id < v.tokens.size(); ++id) {
@@ -283,7 +283,7 @@ class WordPieceTokenizer {
   static std::int64_t special(const Vocab& v, std::string_view name, const std::filesystem::path& path) {
     const auto id = v.whole.find(name, v.tokens);
     if (id < 0)
-      throw FileError(lora::detail::str("the WordPiece vocabulary '", path.string(), "' (", v.tokens.size(), " lines) has no ", name,
+      throw FileError(examples::str("the WordPiece vocabulary '", path.string(), "' (", v.tokens.size(), " lines) has no ", name,
                                   " line. Use the vocab.txt of a BERT model, which lists [PAD] [UNK] [CLS] [SEP] [MASK]."));
     return id;
   }
