@@ -200,6 +200,14 @@ TORCH_MODULE(DistilBertEmbeddings);
 // (bench/lora_bench times the two). XImplT<Linear> is the module, XT<Linear> its holder, and
 // XImpl and X are the two with lora::Linear.
 
+/// As TORCH_MODULE, for a module templated on its Linear layer: NameT<Linear> is the holder of
+/// NameImplT<Linear>; Name and NameImpl are the lora::Linear versions that the programs use.
+#define DISTILBERT_MODULE(Name)                                 \
+  template <typename Linear>                                    \
+  using Name##T = torch::nn::ModuleHolder<Name##ImplT<Linear>>; \
+  using Name##Impl = Name##ImplT<lora::Linear>;                 \
+  using Name = Name##T<lora::Linear>
+
 /// Multi-head self-attention with a padding mask.
 template <typename Linear>
 class DistilBertAttentionImplT : public torch::nn::Module {
@@ -221,10 +229,7 @@ class DistilBertAttentionImplT : public torch::nn::Module {
   Linear q_lin{nullptr}, k_lin{nullptr}, v_lin{nullptr}, out_lin{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-template <typename Linear>
-using DistilBertAttentionT = torch::nn::ModuleHolder<DistilBertAttentionImplT<Linear>>;
-using DistilBertAttentionImpl = DistilBertAttentionImplT<lora::Linear>;
-using DistilBertAttention = DistilBertAttentionT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertAttention);
 
 /// lin1 -> activation -> lin2 -> dropout.
 template <typename Linear>
@@ -245,10 +250,7 @@ class DistilBertFFNImplT : public torch::nn::Module {
   Linear lin1{nullptr}, lin2{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-template <typename Linear>
-using DistilBertFFNT = torch::nn::ModuleHolder<DistilBertFFNImplT<Linear>>;
-using DistilBertFFNImpl = DistilBertFFNImplT<lora::Linear>;
-using DistilBertFFN = DistilBertFFNT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertFFN);
 
 /// A post-norm transformer block: x = LN(x + attn(x)); x = LN(x + ffn(x)).
 template <typename Linear>
@@ -273,10 +275,7 @@ class DistilBertBlockImplT : public torch::nn::Module {
   DistilBertFFNT<Linear> ffn{nullptr};
   torch::nn::LayerNorm output_layer_norm{nullptr};
 };
-template <typename Linear>
-using DistilBertBlockT = torch::nn::ModuleHolder<DistilBertBlockImplT<Linear>>;
-using DistilBertBlockImpl = DistilBertBlockImplT<lora::Linear>;
-using DistilBertBlock = DistilBertBlockT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertBlock);
 
 /// The stack of blocks, registered as "layer.N" (HF's `Transformer`).
 template <typename Linear>
@@ -295,10 +294,7 @@ class DistilBertTransformerImplT : public torch::nn::Module {
 
   torch::nn::ModuleList layer{nullptr};
 };
-template <typename Linear>
-using DistilBertTransformerT = torch::nn::ModuleHolder<DistilBertTransformerImplT<Linear>>;
-using DistilBertTransformerImpl = DistilBertTransformerImplT<lora::Linear>;
-using DistilBertTransformer = DistilBertTransformerT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertTransformer);
 
 /// The bare encoder (HF's DistilBertModel): embeddings then the transformer.
 template <typename Linear>
@@ -320,10 +316,7 @@ class DistilBertModelImplT : public torch::nn::Module {
   DistilBertEmbeddings embeddings{nullptr};
   DistilBertTransformerT<Linear> transformer{nullptr};
 };
-template <typename Linear>
-using DistilBertModelT = torch::nn::ModuleHolder<DistilBertModelImplT<Linear>>;
-using DistilBertModelImpl = DistilBertModelImplT<lora::Linear>;
-using DistilBertModel = DistilBertModelT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertModel);
 
 /// What the DistilBERT heads return.
 struct DistilBertOutput {
@@ -356,10 +349,7 @@ class DistilBertForSequenceClassificationImplT : public torch::nn::Module {
   Linear pre_classifier{nullptr}, classifier{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
-template <typename Linear>
-using DistilBertForSequenceClassificationT = torch::nn::ModuleHolder<DistilBertForSequenceClassificationImplT<Linear>>;
-using DistilBertForSequenceClassificationImpl = DistilBertForSequenceClassificationImplT<lora::Linear>;
-using DistilBertForSequenceClassification = DistilBertForSequenceClassificationT<lora::Linear>;
+DISTILBERT_MODULE(DistilBertForSequenceClassification);
 
 /// HF's DistilBertForMaskedLM: the encoder, then vocab_transform -> activation ->
 /// vocab_layer_norm (eps 1e-12) -> vocab_projector, whose weight is the word embedding matrix.
