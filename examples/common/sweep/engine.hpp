@@ -1,8 +1,8 @@
 // The sweep engine: runs the points of this shard that are not done yet, writes each one to
 // out/points/<key>.json atomically the moment it finishes, and turns the point files into
 // results.json, summary.md and plot.svg/png (analysis.hpp, results_json.hpp, summary.hpp,
-// plot.hpp). Model-independent: a
-// program supplies a Task (its model, data, loss and metric) and calls program_main().
+// plot.hpp). Model-independent: a program supplies a Task (its model, data, loss and metric)
+// and calls program_main().
 //
 // A point file (out/points/<key>.json):
 // {
@@ -63,12 +63,12 @@
 
 #include "analysis.hpp"
 #include "claim.hpp"
+#include "cli.hpp"
 #include "grid.hpp"
 #include "jobs.hpp"
-#include "cli.hpp"
 #include "options.hpp"
-#include "point_config.hpp"
 #include "plot.hpp"
+#include "point_config.hpp"
 #include "progress.hpp"
 #include "results_json.hpp"
 #include "summary.hpp"
