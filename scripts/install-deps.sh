@@ -10,6 +10,7 @@ packages=(
   libopenblas0-pthread   # without it Debian's LibTorch runs on the reference BLAS: ~40x slower matmuls
   libfmt-dev catch2 nlohmann-json3-dev libcli11-dev libutf8proc-dev
   librsvg2-bin           # rsvg-convert: the sweeps' plots as PNG too (SVG is always written)
+  zip                    # tests/scripts/fetch_assets_test.sh builds a WikiText-like zip to unpack
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
