@@ -1,5 +1,6 @@
 // The sweep engine (examples/common/sweep/) end to end, on a toy task: a two-layer MLP of
 // lora::Linear layers classifying synthetic points, a few steps per point.
+#include "sweep/cli.hpp"
 #include "sweep/engine.hpp"
 
 #include <unistd.h>

@@ -1,8 +1,8 @@
-// libFuzzer harnesses for the example programs' readers of outside input that do not need
-// LibTorch: the tokenizers' files (vocab.txt; vocab.json + merges.txt), WordPiece and BPE
-// encoding of arbitrary bytes (invalid UTF-8 included), the AG-News CSV reader, the WikiText
-// reader and a sweep's point files. One harness per executable: compile with
-// -DLORA_FUZZ_TARGET=<n> (see CMakeLists.txt for the numbers and names). Each executable run
+// libFuzzer harnesses for the example programs' readers of outside input other than model files
+// (model_files_fuzz.cpp): the tokenizers' files (vocab.txt; vocab.json + merges.txt), WordPiece
+// and BPE encoding of arbitrary bytes (invalid UTF-8 included), the AG-News CSV reader, the
+// WikiText reader and a sweep's point files (read by the engine's own load_done()). One harness
+// per executable: compile with -DLORA_FUZZ_TARGET=<n> (see CMakeLists.txt for the numbers and names). Each executable run
 // with LORA_FUZZ_SEEDS=DIR writes its seed corpus to DIR/<name>/ and its dictionary to
 // DIR/<name>.dict, then exits. See fuzz_support.hpp for what counts as a bug, and
 // docs/fuzzing.md.
@@ -33,7 +33,7 @@
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_WIKITEXT
 #include "data/wikitext.hpp"
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_SWEEP_POINT
-#include "sweep/analysis.hpp"
+#include "sweep/point_file.hpp"
 #else
 #error "LORA_FUZZ_TARGET must be 1..7 (see CMakeLists.txt)"
 #endif
@@ -240,7 +240,8 @@ void one_input(const std::string& in) {
   const auto path = fuzz::write_file("agnews.csv", in);
   try {
     const auto rows = data::read_agnews(path);
-    fuzz::expect(rows.size() <= in.size() / 5 + 1, "more rows than the bytes allow");
+    // The shortest row is "1,," and a line break: k rows take at least 4k - 1 bytes.
+    fuzz::expect(rows.size() <= (in.size() + 1) / 4, "more rows than the bytes allow");
     for (const auto& r : rows) fuzz::expect(r.label >= 0 && r.label < 4, "label outside 0..3");
   } catch (const examples::Error& e) {
     fuzz::rejected(e, {path});
@@ -289,48 +290,94 @@ void one_input(const std::string& in) {
 
 #if LORA_FUZZ_TARGET == LORA_FUZZ_SWEEP_POINT
 const char* const kName = "sweep_point";
-/// The seeds' two points. load_done() reads a point file only when its "settings" equal the
-/// settings the program computed for that point (otherwise: an error naming the file), so the
-/// harness reads a document only when its settings are one of these.
-nlohmann::json seed_point(bool full) {
-  nlohmann::json lora = {
-      {"key", "lora_r2_lr1e-03_s42"},
-      {"settings", {{"method", "lora"}, {"rank", 2}, {"lr", 1e-3}, {"seed", 42}, {"alpha", 32}, {"epochs", 2}}},
-      {"results",
-       {{"diverged", false}, {"test_acc", 0.53}, {"best_val_loss", 1.2}, {"train_losses", {1.4, 1.3}}, {"wall_time_s", 3.5}}}};
-  if (!full) return lora;
-  nlohmann::json f = lora;
-  f["key"] = "full_lr1e-03_s42";
-  f["settings"].erase("rank");
-  f["settings"]["method"] = "full";
-  f["results"]["diverged"] = true;
-  f["results"]["test_acc"] = nullptr;
-  return f;
+/// A task with an identity and a metric; the harness never trains.
+class NoTrainingTask : public sweep::Task {
+ public:
+  std::string name() const override { return "fuzz"; }
+  std::string model_name() const override { return "none"; }
+  sweep::Metric metric() const override { return {}; }
+  int64_t steps_per_epoch() const override { return 1; }
+  sweep::Model make_model(const sweep::Point&) override { fuzz::bug("load_done() built a model"); }
+  std::vector<sweep::Batch> train_batches(int64_t, const sweep::Point&) override {
+    fuzz::bug("load_done() asked for batches");
+  }
+};
+/// The options of the harness's sweep: its --out is the harness's work folder.
+const sweep::Options& options() {
+  static const sweep::Options o = [] {
+    sweep::Options o;
+    o.scaling = "alpha-over-rank";
+    o.init = "uniform-zero";
+    o.targets = {"q_lin", "v_lin"};
+    o.loraplus_ratio = 1;
+    o.epochs = 2;
+    o.batch_size = 32;
+    o.train_size = 2000;
+    o.val_size = 1000;
+    o.max_len = 128;
+    o.out = fuzz::work_dir().string();
+    return o;
+  }();
+  return o;
 }
+/// The harness's two points, a LoRA one and a FullFT one: each input is read as the point file
+/// of both.
+std::vector<sweep::Point> points() {
+  sweep::Point lora;
+  lora.lr = 1e-3;
+  lora.rank = 2;
+  lora.alpha = 32;
+  lora.scaling = "alpha-over-rank";
+  lora.init = "uniform-zero";
+  lora.seed = 42;
+  lora.extra = {{"train_file", "train.csv"}};
+  sweep::Point full = lora;
+  full.method = "full";
+  full.rank = 0;
+  full.alpha = 0;
+  full.scaling = full.init = "";
+  return {lora, full};
+}
+/// Seeds: the two points' files as the engine writes them, one finished and one diverged.
 void write_seeds(const fuzz::fs::path& dir) {
-  fuzz::write_seeds(dir, kName, {{"lora.json", seed_point(false).dump(2)}, {"full.json", seed_point(true).dump()}},
+  NoTrainingTask task;
+  const auto ps = points();
+  const nlohmann::json done = {{"best_val_loss", 1.2}, {"test_acc", 53.1}, {"train_losses", {1.4, 1.3}},
+                               {"val_losses", {1.3, 1.2}}, {"train_curve", {{"every", 5}, {"step", {5, 10}}, {"loss", {1.5, 1.4}}}},
+                               {"diverged", false}, {"diverged_reason", nullptr}, {"steps", 126},
+                               {"trainable_parameters", 1234}, {"wall_time_s", 3.5}};
+  nlohmann::json diverged = done;
+  diverged["diverged"] = true;
+  diverged["diverged_reason"] = "loss is nan at step 3";
+  diverged["test_acc"] = nullptr;
+  fuzz::write_seeds(dir, kName,
+                    {{"lora.json", sweep::detail::point_document(options(), task, ps[0], done).dump(2)},
+                     {"full.json", sweep::detail::point_document(options(), task, ps[1], diverged).dump()}},
                     {"\"key\"", "\"settings\"", "\"results\"", "\"method\"", "\"rank\"", "\"lr\"", "\"seed\"", "\"diverged\"",
                      "\"test_acc\"", "\"best_val_loss\"", "\"full\"", "\"lora\"", "null", "true", "false", "-1", "1e308",
                      "18446744073709551615", "NaN"});
 }
+/// What a rerun does with an input found as a point's file (sweep::detail::load_done, the
+/// engine's own reader): a record of that point, or an error naming the file.
 void one_input(const std::string& in) {
-  // What engine.hpp's load_done() does with a point file: unparsable JSON or a document without
-  // "settings" / "results" is rerun; a document with them that lacks a field, or has one of
-  // another type, is a nlohmann::json::exception, which load_done() reports and reruns.
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
-    return;
-  }
-  if (!doc.contains("settings") || !doc.contains("results")) return;
-  static const nlohmann::json lora_settings = seed_point(false)["settings"], full_settings = seed_point(true)["settings"];
-  if (doc["settings"] != lora_settings && doc["settings"] != full_settings) return;  // load_done: "other settings"
-  try {
-    const auto rec = sweep::record_from_json(doc, "test_acc");
-    fuzz::expect(rec.column == "full" || rec.column.rfind("lora_r", 0) == 0, "a record without a column");
-  } catch (const nlohmann::json::exception&) {
-  } catch (const examples::DataError&) {  // out-of-range seed or rank: refused, named by load_done
+  static NoTrainingTask task;
+  static const auto ps = points();
+  fuzz::fs::create_directories(sweep::detail::points_dir(options()));
+  for (const auto& p : ps) {
+    const auto path = sweep::detail::point_path(options(), p);
+    {
+      std::ofstream f(path, std::ios::binary | std::ios::trunc);
+      f << in;
+    }
+    try {
+      const auto rec = sweep::detail::load_done(options(), task, p);
+      fuzz::expect(rec.has_value(), "an existing point file was read as absent");
+      fuzz::expect(rec->key == sweep::key(p), "a point file of another key was accepted: " + rec->key);
+      fuzz::expect(rec->column == sweep::column(p) && rec->lr == p.lr && rec->seed == p.seed,
+                   "the record does not describe the point");
+    } catch (const examples::Error& e) {
+      fuzz::rejected(e, {path.string()});
+    }
   }
 }
 #endif

@@ -4,20 +4,19 @@
 // projection is a lora::Linear, so LoRA targets them by their Hub names (q_lin, v_lin, ...);
 // the classification model also comes with torch::nn::Linear projections
 // (DistilBertForSequenceClassificationT<torch::nn::Linear>), for the compatibility path.
+// The attention core and the dropout its modules call are in attention.hpp and dropout.hpp.
 #pragma once
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <lora/linear.hpp>
 
-#include <cmath>
 #include <cstdint>
-#include <mutex>
-#include <string>
 
+#include "attention.hpp"
+#include "dropout.hpp"
 #include "hub_config.hpp"
+#include "layers.hpp"
 
 namespace models {
 
@@ -34,129 +33,6 @@ inline torch::Tensor sinusoidal_positions(int64_t n_pos, int64_t dim) {
   out.index_put_({Slice(), Slice(0, None, 2)}, angle.index({Slice(), Slice(0, None, 2)}).sin());
   out.index_put_({Slice(), Slice(1, None, 2)}, angle.index({Slice(), Slice(1, None, 2)}).cos());
   return out.to(torch::kFloat);
-}
-
-/// murmur3's 32-bit finalizer: a bijection that spreads every input bit over the output.
-inline uint32_t mix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  h *= 0xc2b2ae35u;
-  h ^= h >> 16;
-  return h;
-}
-
-/// keep[i] = mix32(i * golden + seed) >= threshold; y[i] = keep[i] ? x[i] * scale : 0, over
-/// [begin, end) (indices below 2^32; the caller folds the high bits into `seed`). Plain
-/// restrict-qualified pointers, so the compiler vectorises it.
-inline void dropout_kernel(const float* __restrict x, float* __restrict y, uint8_t* __restrict keep, int64_t begin,
-                           int64_t end, uint32_t seed, uint32_t threshold, float scale) {
-  for (int64_t i = begin; i < end; ++i) {
-    const uint8_t k = mix32(static_cast<uint32_t>(i) * 0x9e3779b9u + seed) >= threshold;
-    keep[i] = k;
-    y[i] = x[i] * (k ? scale : 0.0f);
-  }
-}
-
-/// Inverted dropout on a contiguous float CPU tensor: each value kept with probability 1 - p
-/// and scaled by 1 / (1 - p), as torch::dropout, with a cheaper mask. LibTorch 1.13 draws
-/// every element of the mask from mt19937, serially, and keeps a float mask for backward;
-/// here one 64-bit draw from LibTorch's default CPU generator per call seeds a counter-based
-/// hash (so torch::manual_seed still makes runs reproducible), the loop vectorises, and the
-/// mask kept for backward is one byte per value. On DistilBERT's attention weights (384, 128,
-/// 128), one thread: forward 14 ms instead of 39 ms, forward + backward 25 ms instead of 44 ms
-/// (docs/performance.md). The masks differ from torch::dropout's (another random stream).
-struct FastDropout : public torch::autograd::Function<FastDropout> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, double p) {
-    uint64_t seed = 0;
-    {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      seed = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
-    }
-    const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
-    const auto scale = static_cast<float>(1.0 / (1.0 - p));
-    auto y = torch::empty_like(x);
-    auto keep = torch::empty(x.sizes(), x.options().dtype(torch::kUInt8));
-    const float* xp = x.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    uint8_t* kp = keep.data_ptr<uint8_t>();
-    const auto lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
-    at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end;) {  // split at multiples of 2^32: each span gets its own seed
-        const int64_t block = b >> 32, e = std::min(end, (block + 1) << 32);
-        dropout_kernel(xp, yp, kp, b, e, lo ^ mix32(hi + static_cast<uint32_t>(block)), threshold, scale);
-        b = e;
-      }
-    });
-    ctx->save_for_backward({keep});
-    ctx->saved_data["scale"] = static_cast<double>(scale);
-    return y;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto keep = ctx->get_saved_variables()[0];
-    const auto scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
-    const auto g = grads[0].contiguous();
-    auto dx = torch::empty_like(g);
-    const float* gp = g.data_ptr<float>();
-    float* dp = dx.data_ptr<float>();
-    const uint8_t* kp = keep.data_ptr<uint8_t>();
-    at::parallel_for(0, g.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) dp[i] = gp[i] * (kp[i] ? scale : 0.0f);
-    });
-    return {dx, torch::Tensor()};
-  }
-};
-
-/// What `module` (a torch::nn::Dropout) does to `x`: the identity in eval mode or with p = 0,
-/// else FastDropout for a float CPU tensor, and the module itself otherwise (other dtypes,
-/// CUDA, whose dropout kernel is already fused, p = 1, inplace).
-inline torch::Tensor dropout(const torch::Tensor& x, torch::nn::Dropout& module) {
-  const double p = module->options.p();
-  if (!module->is_training() || p <= 0) return x;
-  if (p >= 1 || !x.device().is_cpu() || x.scalar_type() != torch::kFloat || module->options.inplace() || x.numel() == 0)
-    return module(x);
-  return FastDropout::apply(x.contiguous(), p);
-}
-
-/// Multi-head scaled dot-product attention of the projections q, k, v (B, T, C), with
-/// `masked` (B, 1, 1, T) true at padding keys (or undefined) and `dropout` on the attention
-/// weights -> the context (B, T, C), before the output projection.
-///
-/// HF's formula, softmax(masked_fill(q k^T / sqrt(hd), mask, lowest)) v, with no temporary
-/// it does not need: q, k, v are copied once each to (B * nh, T, hd) for bmm (a copy matmul
-/// would make anyway), the 1/sqrt(hd) scale is applied in place on q's copy (T x hd values
-/// per head instead of T x T scores), the mask is written in place into the scores, and the
-/// dropout on the weights is FastDropout.
-inline torch::Tensor attend(const torch::Tensor& q_proj, const torch::Tensor& k_proj, const torch::Tensor& v_proj,
-                            const torch::Tensor& masked, int64_t n_heads, torch::nn::Dropout& dropout) {
-  const auto B = q_proj.size(0), T = q_proj.size(1), C = q_proj.size(2), hd = C / n_heads;
-  auto heads = [&](const torch::Tensor& t) {  // (B, T, C) -> (B * nh, T, hd)
-    return t.view({B, T, n_heads, hd}).transpose(1, 2).reshape({B * n_heads, T, hd});
-  };
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  auto q = heads(q_proj);
-  // reshape copied (T > 1 and nh > 1): scale the copy in place; else it aliases q_proj.
-  q = q.is_alias_of(q_proj) ? q * scale : q.mul_(scale);
-  auto att = torch::bmm(q, heads(k_proj).transpose(1, 2));  // (B * nh, T, T)
-  if (masked.defined())
-    att.masked_fill_(masked.expand({B, n_heads, 1, T}).reshape({B * n_heads, 1, T}), mask_value(att.scalar_type()));
-  att = detail::dropout(torch::softmax(att, -1), dropout);
-  auto y = torch::bmm(att, heads(v_proj));                               // (B * nh, T, hd)
-  return y.view({B, n_heads, T, hd}).transpose(1, 2).reshape({B, T, C});  // (B, T, C)
-}
-
-/// attention_mask (B, T), 1 = attend, 0 = padding, or undefined -> (B, 1, 1, T), true at the
-/// keys to ignore, or undefined when there are none. A batch without padding needs no masking
-/// pass over the scores (nor its backward); on the CPU asking costs nothing, on a GPU it would
-/// wait for the device, so there the mask is kept.
-inline torch::Tensor padding_keys(const torch::Tensor& attention_mask) {
-  if (!attention_mask.defined()) return {};
-  auto masked = (attention_mask == 0).view({attention_mask.size(0), 1, 1, attention_mask.size(1)});
-  if (masked.device().is_cpu() && !masked.any().item<bool>()) return {};
-  return masked;
 }
 
 }  // namespace detail

@@ -17,6 +17,7 @@
 
 #include "../errors.hpp"
 #include "hub_config.hpp"
+#include "layers.hpp"
 
 namespace models {
 

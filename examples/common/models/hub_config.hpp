@@ -1,35 +1,22 @@
 // Hugging Face `config.json` for DistilBERT and GPT-2: HF's field names, and HF's defaults
-// (DistilBertConfig, GPT2Config) for fields that are absent or null. Also what both models
-// share: the activations configs name, the attention mask value and the input checks.
+// (DistilBertConfig, GPT2Config) for fields that are absent or null; the file itself is read
+// by config_reader.hpp. What both models share (the activations configs name, the attention
+// mask value and the input checks) is in layers.hpp.
 #pragma once
-
-#include <torch/torch.h>
 
 #include <lora/error.hpp>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-#include <limits>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "../errors.hpp"
+#include "config_reader.hpp"
+#include "layers.hpp"
+#include "names.hpp"
 
 namespace models {
-
-/// A config.json that cannot be used. The message names the file, the field, the value seen
-/// and what to do.
-class HubConfigError : public examples::FileError {
- public:
-  using FileError::FileError;
-};
-
-/// The activations HF configs name (ACT2FN keys) that these models support.
-enum class Activation {
-  gelu,       ///< "gelu": exact, 0.5 x (1 + erf(x / sqrt 2))
-  gelu_tanh,  ///< "gelu_new", "gelu_pytorch_tanh": the tanh approximation
-  relu,       ///< "relu"
-};
 
 /// HF's `DistilBertConfig`.
 struct DistilBertConfig {
@@ -77,163 +64,7 @@ struct GPT2Config {
   int64_t eos_token_id = 50256;
 };
 
-/// x through `a`.
-inline torch::Tensor activate(Activation a, const torch::Tensor& x) {
-  switch (a) {
-    case Activation::gelu:
-      return torch::gelu(x);
-    case Activation::gelu_tanh:
-      return torch::gelu(x, "tanh");
-    case Activation::relu:
-      return torch::relu(x);
-  }
-  return x;
-}
-
-/// The most negative finite value of dtype `t` (HF's torch.finfo(dtype).min), used to mask
-/// attention scores.
-inline double mask_value(c10::ScalarType t) {
-  switch (t) {
-    case torch::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case torch::kHalf:
-      return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-    case torch::kBFloat16:
-      return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
-    default:
-      return std::numeric_limits<float>::lowest();
-  }
-}
-
 namespace detail {
-
-using examples::str;
-
-/// Reads the fields of one config.json; absent and null fields take the given default.
-class ConfigReader {
- public:
-  /// Parses the JSON file at `path`; throws examples::FileError if it cannot be read or parsed.
-  explicit ConfigReader(const std::string& path) : path_(path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw examples::FileError(str("cannot open config file '", path, "'. Check the path."));
-    try {
-      json_ = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw examples::FileError(
-          str("config file '", path, "' is not valid JSON (", e.what(), "). Download config.json again."));
-    }
-    if (!json_.is_object())
-      throw examples::FileError(
-          str("config file '", path, "' holds a JSON ", json_.type_name(), "; expected an object."));
-  }
-
-  const std::string& path() const { return path_; }
-
-  /// The largest size or id a config may give: 2^40 (no model has a dimension near it), so that
-  /// sizes multiplied together (4 * n_embd, ...) cannot overflow int64_t. Fuzzing found
-  /// "n_embd": 9223372036854775807 overflowing 4 * n_embd (GPT-2's default n_inner).
-  static constexpr int64_t kMaxInteger = int64_t{1} << 40;
-
-  /// An integer in [min, kMaxInteger].
-  int64_t integer(const char* field, int64_t fallback, int64_t min = 1) const {
-    const auto* v = find(field);
-    if (!v) return fallback;
-    const bool ok = v->is_number_unsigned() ? v->get<uint64_t>() <= static_cast<uint64_t>(kMaxInteger)
-                                              && v->get<int64_t>() >= min
-                                            : v->is_number_integer() && v->get<int64_t>() >= min &&
-                                                  v->get<int64_t>() <= kMaxInteger;
-    if (!ok) fail(field, *v, str("an integer in [", min, ", ", kMaxInteger, "]"), str(fallback));
-    return v->get<int64_t>();
-  }
-
-  /// A number in [lo, hi].
-  double number(const char* field, double fallback, double lo, double hi) const {
-    const auto* v = find(field);
-    if (!v) return fallback;
-    if (!v->is_number() || !(v->get<double>() >= lo && v->get<double>() <= hi))
-      fail(field, *v, str("a number in [", lo, ", ", hi, "]"), str(fallback));
-    return v->get<double>();
-  }
-
-  /// A dropout probability, in [0, 1).
-  double probability(const char* field, double fallback) const {
-    const auto* v = find(field);
-    if (!v) return fallback;
-    if (!v->is_number() || !(v->get<double>() >= 0.0 && v->get<double>() < 1.0))
-      fail(field, *v, "a probability in [0, 1)", str(fallback));
-    return v->get<double>();
-  }
-
-  bool boolean(const char* field, bool fallback) const {
-    const auto* v = find(field);
-    if (!v) return fallback;
-    if (!v->is_boolean()) fail(field, *v, "true or false", fallback ? "true" : "false");
-    return v->get<bool>();
-  }
-
-  std::string text(const char* field, const std::string& fallback) const {
-    const auto* v = find(field);
-    if (!v) return fallback;
-    if (!v->is_string()) fail(field, *v, "a string", "\"" + fallback + "\"");
-    return v->get<std::string>();
-  }
-
-  /// The activation named by `field` (an HF ACT2FN key).
-  Activation activation(const char* field, const std::string& fallback) const {
-    const std::string name = text(field, fallback);
-    if (name == "gelu") return Activation::gelu;
-    if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::gelu_tanh;
-    if (name == "relu") return Activation::relu;
-    fail(field, nlohmann::json(name), "one of \"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\", \"relu\"",
-         "\"" + fallback + "\"");
-  }
-
-  /// "architectures": a list of class names (empty when absent).
-  std::vector<std::string> architectures() const {
-    const auto* v = find("architectures");
-    std::vector<std::string> out;
-    if (!v) return out;
-    if (!v->is_array()) fail("architectures", *v, "a list of class names", "none");
-    for (const auto& a : *v) {
-      if (!a.is_string()) fail("architectures", *v, "a list of class names", "none");
-      out.push_back(a.get<std::string>());
-    }
-    return out;
-  }
-
-  /// HF's num_labels: the size of "id2label" when present, else "num_labels", else 2.
-  int64_t num_labels() const {
-    if (const auto* v = find("id2label")) {
-      if (!v->is_object() || v->empty()) fail("id2label", *v, "an object mapping label ids to names", "2 labels");
-      return static_cast<int64_t>(v->size());
-    }
-    return integer("num_labels", 2);
-  }
-
-  [[noreturn]] void fail(const char* field, const nlohmann::json& value, const std::string& expected,
-                         const std::string& fallback) const {
-    std::string seen = value.dump();
-    if (seen.size() > 60) seen = seen.substr(0, 57) + "...";
-    throw HubConfigError(str("config file '", path_, "': field \"", field, "\" is ", seen, "; expected ", expected,
-                             ". Fix the value, or remove the field to use HF's default (", fallback, ")."));
-  }
-
- private:
-  const nlohmann::json* find(const char* field) const {
-    const auto it = json_.find(field);
-    return it == json_.end() || it->is_null() ? nullptr : &*it;
-  }
-
-  std::string path_;
-  nlohmann::json json_;
-};
-
-/// "A, B" or "none".
-inline std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out.empty() ? "none" : out;
-}
 
 /// Throws unless the config is of `model_type` (or, without a model_type, unless every listed
 /// architecture starts with `class_prefix`).
@@ -249,20 +80,6 @@ inline void require_model_type(const std::string& path, const std::string& seen_
     throw HubConfigError(str("config file '", path, "': model_type is \"", seen_type,
                              "\" (architectures: ", join(architectures), "), not \"", model_type,
                              "\". This loader reads ", what, " checkpoints only; point it at a folder holding one."));
-}
-
-/// Throws unless input_ids is (B, T) int64 with T <= max_len and attention_mask is undefined or (B, T).
-inline void check_inputs(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, int64_t max_len,
-                         const char* model) {
-  if (input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
-    throw examples::DataError(str(model, ": input_ids must be a (batch, tokens) int64 tensor; got ", input_ids.sizes(),
-                                  " ", input_ids.scalar_type(), "."));
-  if (input_ids.size(1) > max_len)
-    throw examples::DataError(str(model, ": ", input_ids.size(1), " tokens exceed the model's ", max_len,
-                                  " positions. Truncate the input to at most ", max_len, " tokens."));
-  if (attention_mask.defined() && attention_mask.sizes() != input_ids.sizes())
-    throw examples::DataError(str(model, ": attention_mask has shape ", attention_mask.sizes(), " but input_ids has ",
-                                  input_ids.sizes(), "; they must match."));
 }
 
 }  // namespace detail

@@ -1,111 +1,50 @@
-// The sweep engine: runs the points of this shard that are not done yet, writes each one to
-// out/points/<key>.json atomically the moment it finishes, and turns the point files into
-// results.json, summary.md and plot.svg/png (analysis.hpp, results_json.hpp, summary.hpp,
-// plot.hpp). Model-independent: a program supplies a Task (its model, data, loss and metric)
-// and calls program_main().
+// The sweep engine: runs the points of this shard that are not done yet, writes each one's
+// point file (point_file.hpp) the moment it finishes, and then the report (report_files.hpp).
+// Model-independent: a program supplies a Task (task.hpp: its model, data, loss and metric);
+// program.hpp is the main() that parses the command line and calls run_sweep().
 //
-// A point file (out/points/<key>.json):
-// {
-//   "schema": "lora-sweep-point/1", "key": "lora_r16_lr1e-04_s42", "column": "lora_r16",
-//   "lr_string": "0.0001", "metric": {"key": "test_acc", "label": ..., "higher_is_better": true},
-//   "settings": {           // what determines the numbers; a rerun must match it exactly
-//     "task", "model", "method", "lr", "seed", "epochs", "batch_size", "train_size", "val_size",
-//     "max_len", "optimizer": {...}, "extra": {...},
-//     LoRA only: "rank", "alpha", "alpha_per_rank", "scale", "scaling", "init", ["init_std"],
-//     "targets", "loraplus_ratio", "dora"
-//   },
-//   "environment": {        // where and when it ran
-//     "hostname", "device", "threads", "lora_version", "libtorch_version", "model_dir",
-//     "data_dir", "command_line", "finished_at"
-//   },
-//   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
-//               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
-//               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
-// }
-// Resuming: a point whose file exists is done and skipped; its settings must equal this
-// run's, or the sweep stops rather than mix two experiments in one --out. A file that does not
-// parse stops the sweep too, naming it (never overwritten, never counted as done).
+// Resuming: a point whose file exists is done and skipped (its settings must equal this run's).
 // A point trains only while this process holds its claim (out/locks/<key>.lock, claim.hpp),
 // so two processes on one --out never train the same point; a leftover "<key>.json.tmp.<pid>"
 // (a process killed while writing) is removed once the point is claimed. A NaN or infinite
-// loss marks the point diverged; the sweep goes on.
+// loss marks the point diverged; the sweep goes on. --jobs N runs N worker processes (jobs.hpp).
 #pragma once
 
 #include <unistd.h>
 
 #include <torch/utils.h>
-#include <torch/version.h>
 
 #include <lora/inject.hpp>
-#include <lora/io.hpp>
-#include <lora/version.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
-#include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
-#include <memory>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "perf/allocator.hpp"
 #include "perf/blas.hpp"
-#include "error_message.hpp"
 #include "errors.hpp"
 
-#include "analysis.hpp"
 #include "claim.hpp"
-#include "cli.hpp"
 #include "grid.hpp"
 #include "jobs.hpp"
 #include "options.hpp"
-#include "plot.hpp"
 #include "point_config.hpp"
+#include "point_file.hpp"
 #include "progress.hpp"
-#include "results_json.hpp"
-#include "summary.hpp"
+#include "report_files.hpp"
+#include "task.hpp"
 #include "train.hpp"
 
 namespace sweep {
 
 namespace fs = std::filesystem;
-
-/// What a program supplies: identity, data, and a fresh model per point. The program builds it
-/// from the parsed Options (keep the constructor cheap: load data in prepare()).
-class Task {
- public:
-  virtual ~Task() = default;
-  /// Recorded in every output, e.g. "agnews".
-  virtual std::string name() const = 0;
-  /// The base model, e.g. "distilbert-base-uncased".
-  virtual std::string model_name() const = 0;
-  /// The headline number: key ("test_acc" / "test_ppl"), label, direction.
-  virtual Metric metric() const = 0;
-  /// Optimizer steps per epoch, without loading data (for --dry-run and the progress bar).
-  virtual int64_t steps_per_epoch() const = 0;
-  /// A rough training speed of `p` on the chosen device, for --dry-run; 0: unknown.
-  virtual double steps_per_second(const Point& p) const {
-    (void)p;
-    return 0;
-  }
-  /// Loads data once, before the first run (not called by --dry-run or --merge). Missing files
-  /// should be reported here, all at once, before any training.
-  virtual void prepare() {}
-  /// A fresh model with the base weights for point `p`. The engine has just seeded torch with
-  /// p.seed (so a newly initialised head is reproducible); it then moves the module to the
-  /// device and injects LoRA (LoRA points) or trains every parameter (FullFT).
-  virtual Model make_model(const Point& p) = 0;
-  /// The training batches of `epoch` (from 0) in order, on the CPU; shuffle with p.seed and epoch.
-  virtual std::vector<Batch> train_batches(int64_t epoch, const Point& p) = 0;
-};
 
 /// In-process control, for tests and embedding programs.
 struct EngineHooks {
@@ -130,152 +69,6 @@ struct SweepOutcome {
 };
 
 namespace detail {
-
-/// Writes `content` to `path` atomically (lora::write_text_atomic: "<path>.tmp.<pid>", fsync,
-/// rename, fsync of the folder), so readers see the old file or the whole new one, never a part.
-/// Its errors become examples::FileError, pointing at --out.
-inline void write_atomic(const fs::path& path, const std::string& content) {
-  try {
-    lora::write_text_atomic(path.string(), content);
-  } catch (const lora::FileError& e) {
-    throw examples::FileError(std::string(e.what()) + ". Check the space and permissions of --out.");
-  }
-}
-
-/// The JSON in `path`, or nothing when it cannot be read or parsed.
-inline std::optional<nlohmann::json> read_json(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
-    return std::nullopt;
-  }
-}
-
-/// Removes "<name>.tmp.<pid>" files left in `dir` by killed processes, for each of `names`.
-inline size_t remove_stale_tmp(const fs::path& dir, const std::set<std::string>& names) {
-  size_t removed = 0;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return 0;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const auto file = entry.path().filename().string();
-    const auto at = file.find(".tmp.");
-    if (at != std::string::npos && names.count(file.substr(0, at)) && fs::remove(entry.path(), ec)) ++removed;
-  }
-  return removed;
-}
-
-inline std::string hostname() {
-  char buf[256] = {};
-  return ::gethostname(buf, sizeof buf - 1) == 0 ? buf : "unknown";
-}
-
-/// Now, as "2025-01-31T12:34:56Z".
-inline std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-inline std::string libtorch_version() {
-  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
-         std::to_string(TORCH_VERSION_PATCH);
-}
-
-inline fs::path points_dir(const Options& o) { return fs::path(o.out) / "points"; }
-inline fs::path point_path(const Options& o, const Point& p) { return points_dir(o) / (key(p) + ".json"); }
-inline fs::path locks_dir(const Options& o) { return fs::path(o.out) / "locks"; }
-inline fs::path lock_path(const Options& o, const Point& p) { return locks_dir(o) / (key(p) + ".lock"); }
-
-/// The settings that determine point `p`'s numbers (see the header comment).
-inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
-  const TrainSettings t;  // run_point trains with these optimizer settings: record what it uses
-  nlohmann::json s = {{"task", task.name()},
-                      {"model", task.model_name()},
-                      {"method", p.method},
-                      {"lr", p.lr},
-                      {"seed", p.seed},
-                      {"epochs", o.epochs},
-                      {"batch_size", o.batch_size},
-                      {"train_size", o.train_size},
-                      {"val_size", o.val_size},
-                      {"max_len", o.max_len},
-                      {"optimizer",
-                       {{"name", "AdamW"}, {"betas", {t.beta1, t.beta2}}, {"eps", t.eps}, {"weight_decay", t.weight_decay},
-                        {"schedule", "constant"}, {"warmup_steps", 0}, {"grad_clip", nullptr}}},
-                      {"extra", p.extra}};
-  if (p.is_full()) return s;
-  s["rank"] = p.rank;
-  s["alpha"] = p.alpha;
-  s["alpha_per_rank"] = o.alpha_per_rank > 0 ? nlohmann::json(o.alpha_per_rank) : nlohmann::json();
-  s["scale"] = scaling_policy(p.scaling).scale(p.alpha, p.rank);
-  s["scaling"] = p.scaling;
-  s["init"] = p.init;
-  if (p.init == "gaussian-gaussian") s["init_std"] = o.init_std;
-  s["targets"] = o.targets;
-  s["loraplus_ratio"] = o.loraplus_ratio;
-  s["dora"] = o.dora;
-  return s;
-}
-
-/// Where and when this process runs.
-inline nlohmann::json environment(const Options& o) {
-  return {{"hostname", hostname()},
-          {"device", o.device},
-          {"threads", torch::get_num_threads()},
-          {"lora_version", lora::version()},
-          {"libtorch_version", libtorch_version()},
-          {"model_dir", o.model_dir},
-          {"data_dir", o.data_dir},
-          {"command_line", o.command_line},
-          {"finished_at", utc_now()}};
-}
-
-/// The names of the settings that differ between `a` and `b`, with both values.
-inline std::string settings_diff(const nlohmann::json& here, const nlohmann::json& there) {
-  std::string out;
-  auto add = [&](const std::string& k) {
-    out += (out.empty() ? "" : "; ") + k + ": " + (here.contains(k) ? here.at(k).dump() : "absent") + " now, " +
-           (there.contains(k) ? there.at(k).dump() : "absent") + " in the file";
-  };
-  for (const auto& [k, v] : here.items())
-    if (!there.contains(k) || there.at(k) != v) add(k);
-  for (const auto& [k, v] : there.items())
-    if (!here.contains(k)) add(k);
-  return out;
-}
-
-/// The finished record of `p` in --out, if any. Throws when it was made with other settings,
-/// and when it does not parse as a point file (the engine writes whole files only, so such a
-/// file was truncated or edited elsewhere: it is neither counted as done nor overwritten).
-inline std::optional<RunRecord> load_done(const Options& o, const Task& task, const Point& p) {
-  const auto path = point_path(o, p);
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return std::nullopt;
-  const auto doc = read_json(path);
-  const auto refuse = [&](const std::string& why) {
-    return examples::FileError("'" + path.string() + "' is not a valid point file (" + why +
-                           "): truncated or edited by hand? The sweep neither counts it as done nor overwrites it. "
-                           "Move it out of " + points_dir(o).string() + " to rerun point " + key(p) +
-                           ", or restore it from version control.");
-  };
-  if (!doc) throw refuse("not valid JSON");
-  if (!doc->contains("settings") || !doc->contains("results")) throw refuse("no \"settings\" or \"results\"");
-  const auto expected = point_settings(o, task, p);
-  if (doc->at("settings") != expected)
-    throw examples::Error("'" + path.string() + "' holds point " + key(p) + " made with other settings (" +
-                          settings_diff(expected, doc->at("settings")) +
-                          "). Use another --out for this experiment, or delete the file to rerun the point.");
-  try {
-    return record_from_json(*doc, task.metric().key);
-  } catch (const std::exception& e) {  // nlohmann::json::exception, or examples::DataError for bad numbers
-    throw refuse(std::string("a field is missing or of the wrong type: ") + e.what());
-  }
-}
 
 /// Trains point `p` and writes its file; returns its record.
 inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Reporter& progress,
@@ -315,15 +108,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
                             {"steps", r.steps},
                             {"trainable_parameters", trainable},
                             {"wall_time_s", wall}};
-  const nlohmann::json doc = {
-      {"schema", "lora-sweep-point/1"},
-      {"key", key(p)},
-      {"column", column(p)},
-      {"lr_string", lr_string(p.lr)},
-      {"metric", {{"key", metric.key}, {"label", metric.label}, {"higher_is_better", metric.higher_is_better}}},
-      {"settings", point_settings(o, task, p)},
-      {"environment", environment(o)},
-      {"results", results}};
+  const auto doc = point_document(o, task, p, results);
   write_atomic(point_path(o, p), doc.dump(2) + "\n");
   return record_from_json(doc, metric.key);
 }
@@ -368,56 +153,6 @@ inline void print_plan(const Options& o, const Task& task, const std::vector<Poi
   else out << "; no time estimate (the task gives no speed for " << o.device << ").\n";
 }
 
-/// Writes results.json, summary.md and plot.svg/png from the grid's finished points; prints
-/// the summary. Returns false (writing nothing) when no point is finished.
-inline bool write_report(const Options& o, const Task& task, const std::vector<Point>& grid, const EngineHooks& hooks) {
-  auto& out = *hooks.out;
-  std::vector<RunRecord> records;
-  std::vector<std::string> missing;
-  std::set<std::string> grid_files;
-  for (const auto& p : grid) {
-    grid_files.insert(key(p) + ".json");
-    if (auto r = load_done(o, task, p)) records.push_back(std::move(*r));
-    else missing.push_back(key(p));
-  }
-  std::error_code ec;
-  size_t others = 0;
-  if (fs::is_directory(points_dir(o), ec))
-    for (const auto& e : fs::directory_iterator(points_dir(o), ec))
-      others += e.path().extension() == ".json" && !grid_files.count(e.path().filename().string());
-  if (others > 0)
-    out << "note: " << others << " point file(s) in " << points_dir(o).string()
-        << " are not in this grid and were left out; give the same grid flags as the runs that made them.\n";
-  if (records.empty()) return false;
-
-  const fs::path dir(o.out);
-  remove_stale_tmp(dir, {"results.json", "summary.md", "plot.svg"});
-  const auto metric = task.metric();
-  write_atomic(dir / "results.json", results_json(task.name(), task.model_name(), metric, records, missing).dump(2) + "\n");
-  const auto summary = summary_markdown(task.name(), task.model_name(), metric, records, missing);
-  write_atomic(dir / "summary.md", summary);
-  const auto a = analyse(records, measures(metric).front());
-  write_atomic(dir / "plot.svg", plot_svg(a.curves, a.optima, metric.label,
-                                          task.name() + " (" + task.model_name() + "): " + metric.label + " vs LR"));
-  // Training-loss curves, every run at each LR that two or more runs share.
-  std::map<double, int> runs_at;
-  for (const auto& c : a.curves)
-    for (const auto& cell : c.cells) ++runs_at[cell.lr];
-  for (const auto& [lr, n] : runs_at) {
-    if (n < 2) continue;
-    const auto lc = loss_curves_at(records, lr);
-    if (lc.size() < 2) continue;
-    fs::create_directories(dir / "curves");
-    write_atomic(dir / "curves" / ("lr" + lr_key(lr) + ".svg"),
-                 loss_curves_svg(lc, task.name() + ": training loss at LR " + lr_string(lr)));
-  }
-  out << "\n" << summary << "\n";
-  out << "wrote " << (dir / "results.json").string() << ", " << (dir / "summary.md").string() << ", "
-      << (dir / "plot.svg").string() << "\n";
-  if (hooks.render_png) out << render_png((dir / "plot.svg").string(), (dir / "plot.png").string()) << "\n";
-  if (!missing.empty()) out << missing.size() << " of " << grid.size() << " grid points have no result yet.\n";
-  return true;
-}
 
 /// Sets LibTorch's intra-op threads and OpenBLAS's own pool (when LibTorch runs on OpenBLAS)
 /// to `n`: two workers that each kept OpenBLAS's default of one thread per core would put
@@ -479,7 +214,7 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
     return outcome;
   }
   if (o.merge) {
-    outcome.reported = detail::write_report(o, task, grid, hooks);
+    outcome.reported = detail::write_report(o, task, grid, out, hooks.render_png);
     if (!outcome.reported)
       throw examples::Error("--merge: no finished point of this grid in '" + detail::points_dir(o).string() +
                             "'. Run the shards first, with the same flags and --out.");
@@ -551,37 +286,13 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
   }
   outcome.complete = !stopped;
   if (!o.sharded) {
-    outcome.reported = detail::write_report(o, task, grid, hooks);
+    outcome.reported = detail::write_report(o, task, grid, out, hooks.render_png);
   } else if (outcome.complete) {
     out << "shard " << o.shard.index << "/" << o.shard.count << ": all " << mine.size() << " points done in "
         << detail::points_dir(o).string() << ". When every shard is done, run the same command with --merge "
         << "instead of --shard.\n";
   }
   return outcome;
-}
-
-/// main() of a sweep program: parses the command line, builds the task, runs the sweep.
-/// Exit status 0 on success, 2 on a usage error, 1 on any other error.
-inline int program_main(int argc, const char* const argv[], const ProgramSpec& spec,
-                        const std::function<std::unique_ptr<Task>(const Options&)>& make_task) {
-  try {
-    // Large CPU blocks kept for reuse instead of mapped and faulted in again every step:
-    // 1.8x faster FullFT and 1.3x faster LoRA steps on a 2-core VM (docs/performance.md).
-    perf::use_caching_cpu_allocator();
-    const auto o = parse_options(argc, argv, spec);
-    const auto task = make_task(o);
-    run_sweep(o, *task);
-    return 0;
-  } catch (const HelpRequested& h) {
-    std::cout << h.text;
-    return 0;
-  } catch (const examples::UsageError& e) {
-    std::cerr << spec.name << ": " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << spec.name << ": error: " << examples::message(e) << "\n";
-    return 1;
-  }
 }
 
 }  // namespace sweep

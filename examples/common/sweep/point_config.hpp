@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "errors.hpp"
+#include "flag_values.hpp"
 #include "grid.hpp"
 #include "options.hpp"
 

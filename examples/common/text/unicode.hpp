@@ -5,7 +5,7 @@
 // sequence comes back as one invalid step covering its "maximal subpart" (the longest prefix
 // of a well-formed sequence, at least one byte), the unit Python's
 // bytes.decode("utf-8", errors="replace") turns into one U+FFFD. Each tokenizer decides what
-// an invalid step means (see wordpiece.hpp and bpe.hpp).
+// an invalid step means (see bert_basic_tokenizer.hpp and gpt2_pretokenizer.hpp).
 #pragma once
 
 #include <utf8proc.h>

@@ -1,0 +1,225 @@
+// A sweep's point files: out/points/<key>.json, one per finished grid point, written atomically
+// the moment the point ends, and read back on every rerun (resume) and by the report.
+//
+// A point file (out/points/<key>.json):
+// {
+//   "schema": "lora-sweep-point/1", "key": "lora_r16_lr1e-04_s42", "column": "lora_r16",
+//   "lr_string": "0.0001", "metric": {"key": "test_acc", "label": ..., "higher_is_better": true},
+//   "settings": {           // what determines the numbers; a rerun must match it exactly
+//     "task", "model", "method", "lr", "seed", "epochs", "batch_size", "train_size", "val_size",
+//     "max_len", "optimizer": {...}, "extra": {...},
+//     LoRA only: "rank", "alpha", "alpha_per_rank", "scale", "scaling", "init", ["init_std"],
+//     "targets", "loraplus_ratio", "dora"
+//   },
+//   "environment": {        // where and when it ran
+//     "hostname", "device", "threads", "lora_version", "libtorch_version", "model_dir",
+//     "data_dir", "command_line", "finished_at"
+//   },
+//   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
+//               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
+//               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
+// }
+// Resuming: a point whose file exists is done and skipped; its settings must equal this
+// run's, or the sweep stops rather than mix two experiments in one --out. A file that does not
+// parse stops the sweep too, naming it (never overwritten, never counted as done).
+// A point trains only while this process holds its claim (out/locks/<key>.lock, claim.hpp),
+// so two processes on one --out never train the same point; a leftover "<key>.json.tmp.<pid>"
+// (a process killed while writing) is removed once the point is claimed. A NaN or infinite
+// loss marks the point diverged; the sweep goes on.
+#pragma once
+
+#include <unistd.h>
+
+#include <torch/utils.h>
+#include <torch/version.h>
+
+#include <lora/io.hpp>
+#include <lora/version.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "errors.hpp"
+
+#include "grid.hpp"
+#include "options.hpp"
+#include "point_config.hpp"
+#include "record.hpp"
+#include "task.hpp"
+#include "train.hpp"
+
+namespace sweep {
+
+namespace fs = std::filesystem;
+
+namespace detail {
+
+/// Writes `content` to `path` atomically (lora::write_text_atomic: "<path>.tmp.<pid>", fsync,
+/// rename, fsync of the folder), so readers see the old file or the whole new one, never a part.
+/// Its errors become examples::FileError, pointing at --out.
+inline void write_atomic(const fs::path& path, const std::string& content) {
+  try {
+    lora::write_text_atomic(path.string(), content);
+  } catch (const lora::FileError& e) {
+    throw examples::FileError(std::string(e.what()) + ". Check the space and permissions of --out.");
+  }
+}
+
+/// The JSON in `path`, or nothing when it cannot be read or parsed.
+inline std::optional<nlohmann::json> read_json(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+/// Removes "<name>.tmp.<pid>" files left in `dir` by killed processes, for each of `names`.
+inline size_t remove_stale_tmp(const fs::path& dir, const std::set<std::string>& names) {
+  size_t removed = 0;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return 0;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const auto file = entry.path().filename().string();
+    const auto at = file.find(".tmp.");
+    if (at != std::string::npos && names.count(file.substr(0, at)) && fs::remove(entry.path(), ec)) ++removed;
+  }
+  return removed;
+}
+
+inline std::string hostname() {
+  char buf[256] = {};
+  return ::gethostname(buf, sizeof buf - 1) == 0 ? buf : "unknown";
+}
+
+/// Now, as "2025-01-31T12:34:56Z".
+inline std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+inline std::string libtorch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+inline fs::path points_dir(const Options& o) { return fs::path(o.out) / "points"; }
+inline fs::path point_path(const Options& o, const Point& p) { return points_dir(o) / (key(p) + ".json"); }
+inline fs::path locks_dir(const Options& o) { return fs::path(o.out) / "locks"; }
+inline fs::path lock_path(const Options& o, const Point& p) { return locks_dir(o) / (key(p) + ".lock"); }
+
+/// The settings that determine point `p`'s numbers (see the header comment).
+inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
+  const TrainSettings t;  // run_point trains with these optimizer settings: record what it uses
+  nlohmann::json s = {{"task", task.name()},
+                      {"model", task.model_name()},
+                      {"method", p.method},
+                      {"lr", p.lr},
+                      {"seed", p.seed},
+                      {"epochs", o.epochs},
+                      {"batch_size", o.batch_size},
+                      {"train_size", o.train_size},
+                      {"val_size", o.val_size},
+                      {"max_len", o.max_len},
+                      {"optimizer",
+                       {{"name", "AdamW"}, {"betas", {t.beta1, t.beta2}}, {"eps", t.eps}, {"weight_decay", t.weight_decay},
+                        {"schedule", "constant"}, {"warmup_steps", 0}, {"grad_clip", nullptr}}},
+                      {"extra", p.extra}};
+  if (p.is_full()) return s;
+  s["rank"] = p.rank;
+  s["alpha"] = p.alpha;
+  s["alpha_per_rank"] = o.alpha_per_rank > 0 ? nlohmann::json(o.alpha_per_rank) : nlohmann::json();
+  s["scale"] = scaling_policy(p.scaling).scale(p.alpha, p.rank);
+  s["scaling"] = p.scaling;
+  s["init"] = p.init;
+  if (p.init == "gaussian-gaussian") s["init_std"] = o.init_std;
+  s["targets"] = o.targets;
+  s["loraplus_ratio"] = o.loraplus_ratio;
+  s["dora"] = o.dora;
+  return s;
+}
+
+/// Where and when this process runs.
+inline nlohmann::json environment(const Options& o) {
+  return {{"hostname", hostname()},
+          {"device", o.device},
+          {"threads", torch::get_num_threads()},
+          {"lora_version", lora::version()},
+          {"libtorch_version", libtorch_version()},
+          {"model_dir", o.model_dir},
+          {"data_dir", o.data_dir},
+          {"command_line", o.command_line},
+          {"finished_at", utc_now()}};
+}
+
+/// The names of the settings that differ between `a` and `b`, with both values.
+inline std::string settings_diff(const nlohmann::json& here, const nlohmann::json& there) {
+  std::string out;
+  auto add = [&](const std::string& k) {
+    out += (out.empty() ? "" : "; ") + k + ": " + (here.contains(k) ? here.at(k).dump() : "absent") + " now, " +
+           (there.contains(k) ? there.at(k).dump() : "absent") + " in the file";
+  };
+  for (const auto& [k, v] : here.items())
+    if (!there.contains(k) || there.at(k) != v) add(k);
+  for (const auto& [k, v] : there.items())
+    if (!here.contains(k)) add(k);
+  return out;
+}
+
+/// The finished record of `p` in --out, if any. Throws when it was made with other settings,
+/// and when it does not parse as a point file (the engine writes whole files only, so such a
+/// file was truncated or edited elsewhere: it is neither counted as done nor overwritten).
+inline std::optional<RunRecord> load_done(const Options& o, const Task& task, const Point& p) {
+  const auto path = point_path(o, p);
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  const auto doc = read_json(path);
+  const auto refuse = [&](const std::string& why) {
+    return examples::FileError("'" + path.string() + "' is not a valid point file (" + why +
+                           "): truncated or edited by hand? The sweep neither counts it as done nor overwrites it. "
+                           "Move it out of " + points_dir(o).string() + " to rerun point " + key(p) +
+                           ", or restore it from version control.");
+  };
+  if (!doc) throw refuse("not valid JSON");
+  if (!doc->contains("settings") || !doc->contains("results")) throw refuse("no \"settings\" or \"results\"");
+  if (doc->value("key", nlohmann::json()) != key(p)) throw refuse("its \"key\" is not \"" + key(p) + "\"");
+  const auto expected = point_settings(o, task, p);
+  if (doc->at("settings") != expected)
+    throw examples::Error("'" + path.string() + "' holds point " + key(p) + " made with other settings (" +
+                          settings_diff(expected, doc->at("settings")) +
+                          "). Use another --out for this experiment, or delete the file to rerun the point.");
+  try {
+    return record_from_json(*doc, task.metric().key);
+  } catch (const std::exception& e) {  // nlohmann::json::exception, or examples::DataError for bad numbers
+    throw refuse(std::string("a field is missing or of the wrong type: ") + e.what());
+  }
+}
+
+/// The whole point file of `p`: its identity, the settings that made it, where it ran, and
+/// `results` (the "results" object of the header comment).
+inline nlohmann::json point_document(const Options& o, const Task& task, const Point& p, const nlohmann::json& results) {
+  const auto metric = task.metric();
+  return {{"schema", "lora-sweep-point/1"},
+          {"key", key(p)},
+          {"column", column(p)},
+          {"lr_string", lr_string(p.lr)},
+          {"metric", {{"key", metric.key}, {"label", metric.label}, {"higher_is_better", metric.higher_is_better}}},
+          {"settings", point_settings(o, task, p)},
+          {"environment", environment(o)},
+          {"results", results}};
+}
+
+}  // namespace detail
+}  // namespace sweep
