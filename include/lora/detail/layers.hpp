@@ -101,7 +101,9 @@ inline std::vector<Layer> layers_of(torch::nn::Module& model) {
     if ((l.lora_linear = std::dynamic_pointer_cast<LinearImpl>(module))) {
       out.push_back(std::move(l));
     } else if ((l.torch_linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(module))) {
-      if (auto* c = l.torch_linear->named_children().find(WeightParametrizationImpl::kChildName))
+      // find() points into the dict: keep it alive (a temporary would dangle).
+      const auto children = l.torch_linear->named_children();
+      if (const auto* c = children.find(WeightParametrizationImpl::kChildName))
         l.parametrization = std::dynamic_pointer_cast<WeightParametrizationImpl>(*c);
       out.push_back(std::move(l));
     }
