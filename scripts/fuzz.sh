@@ -25,6 +25,9 @@ fi
 all=(safetensors vocab_txt wordpiece_encode bpe_files bpe_encode agnews_csv wikitext sweep_point hub_config peft_config peft_load)
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] || harnesses=("${all[@]}")
+for h in "${harnesses[@]}"; do
+  [[ " ${all[*]} " == *" $h "* ]] || { echo "fuzz: unknown harness '$h'; use one of: ${all[*]}" >&2; exit 2; }
+done
 
 build=${LORA_FUZZ_BUILD_DIR:-build-fuzz}
 mkdir -p "$build" && build=$(cd "$build" && pwd)
