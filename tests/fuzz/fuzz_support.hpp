@@ -37,15 +37,18 @@ inline const fs::path& work_dir() {
   return dir;
 }
 
-/// Writes `bytes` to work_dir()/name and returns the path.
-inline std::string write_file(const std::string& name, const std::string& bytes) {
-  const auto path = (work_dir() / name).string();
+/// Writes `bytes` to `path` (aborting when it cannot) and returns the path.
+inline std::string write_to(const fs::path& file, const std::string& bytes) {
+  const auto path = file.string();
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) std::abort();
   if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) std::abort();
   std::fclose(f);
   return path;
 }
+
+/// Writes `bytes` to work_dir()/name and returns the path.
+inline std::string write_file(const std::string& name, const std::string& bytes) { return write_to(work_dir() / name, bytes); }
 
 /// Reports a broken expectation and aborts (a crash for libFuzzer).
 [[noreturn]] inline void bug(const std::string& what) {

@@ -316,6 +316,7 @@ const sweep::Options& options() {
     o.val_size = 1000;
     o.max_len = 128;
     o.out = fuzz::work_dir().string();
+    fuzz::fs::create_directories(sweep::detail::points_dir(o));
     return o;
   }();
   return o;
@@ -362,13 +363,8 @@ void write_seeds(const fuzz::fs::path& dir) {
 void one_input(const std::string& in) {
   static NoTrainingTask task;
   static const auto ps = points();
-  fuzz::fs::create_directories(sweep::detail::points_dir(options()));
   for (const auto& p : ps) {
-    const auto path = sweep::detail::point_path(options(), p);
-    {
-      std::ofstream f(path, std::ios::binary | std::ios::trunc);
-      f << in;
-    }
+    const auto path = fuzz::write_to(sweep::detail::point_path(options(), p), in);
     try {
       const auto rec = sweep::detail::load_done(options(), task, p);
       fuzz::expect(rec.has_value(), "an existing point file was read as absent");
@@ -376,7 +372,7 @@ void one_input(const std::string& in) {
       fuzz::expect(rec->column == sweep::column(p) && rec->lr == p.lr && rec->seed == p.seed,
                    "the record does not describe the point");
     } catch (const examples::Error& e) {
-      fuzz::rejected(e, {path.string()});
+      fuzz::rejected(e, {path});
     }
   }
 }
