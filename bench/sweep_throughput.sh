@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Sweep throughput, side by side in one run: the same AG-News grid (the CPU-scale study's
-# protocol on the small DistilBERT: 2,000 rows, 2 epochs) trained by agnews_sweep one point at
-# a time (--jobs 1, LibTorch's default threads: how the sweeps ran before --jobs) and N points
-# at once (--jobs N, cores / N threads each). Prints points per hour for each and the ratio.
-# Run it on an otherwise idle machine: anything else on the cores skews both sides.
+# protocol on the small DistilBERT: 2,000 rows, 2 epochs) trained by agnews_sweep three ways:
+#   1. one point at a time with LibTorch's and OpenBLAS's default threads (--jobs 1: how the
+#      sweeps ran before --jobs),
+#   2. one point at a time with the threads a --jobs N worker gets (--jobs 1 --threads cores/N),
+#   3. N points at once (--jobs N, cores / N threads each).
+# Prints points per hour for each and three ratios: 3 over 1 (what --jobs gains), 3 over 2 (how
+# close N workers come to N times one worker: N means they do not slow each other), and N times
+# 1 over 2 (the most 3 over 1 can be when they do not: what one point gains from all cores).
+# Run it on an otherwise idle machine: anything else on the cores skews every side.
 #
 #   bench/sweep_throughput.sh [BUILD_DIR] [JOBS]     (defaults: build-release, 2)
 set -euo pipefail
@@ -30,16 +35,27 @@ run() {  # run NAME FLAGS...: prints the seconds it took
   echo "$t1 - $t0" | bc -l
 }
 points=4
+cores=$(nproc)
+threads=$((cores / jobs))
+[ "$threads" -ge 1 ] || threads=1
 s1=$(run jobs1 --jobs 1)
+st=$(run jobs1t --jobs 1 --threads "$threads")
 sn=$(run jobsN --jobs "$jobs")
-printf 'machine: %s, %s cores\n' "$(uname -m)" "$(nproc)"
-printf '%-32s %8s s  %6.1f points/hour\n' "--jobs 1 (default threads)" "$(printf %.1f "$s1")" "$(echo "$points * 3600 / $s1" | bc -l)"
-printf '%-32s %8s s  %6.1f points/hour\n' "--jobs $jobs" "$(printf %.1f "$sn")" "$(echo "$points * 3600 / $sn" | bc -l)"
-printf 'points_per_hour_ratio: %.2f\n' "$(echo "$s1 / $sn" | bc -l)"
-# The two runs must agree where they can: same points, same metric (threads differ, so the
+side() { printf '%-36s %8s s  %6.1f points/hour\n' "$1" "$(printf %.1f "$2")" "$(echo "$points * 3600 / $2" | bc -l)"; }
+printf 'machine: %s, %s cores\n' "$(uname -m)" "$cores"
+side "--jobs 1 (default threads)" "$s1"
+side "--jobs 1 --threads $threads" "$st"
+side "--jobs $jobs ($threads thread(s) each)" "$sn"
+printf 'points_per_hour_ratio: %.2f   (--jobs %s over --jobs 1 with default threads)\n' "$(echo "$s1 / $sn" | bc -l)" "$jobs"
+printf 'jobs_scaling: %.2f of %s   (--jobs %s over --jobs 1 --threads %s)\n' "$(echo "$st / $sn" | bc -l)" "$jobs" "$jobs" "$threads"
+printf 'ratio_ceiling: %.2f   (%s x the points/hour of --jobs 1 --threads %s over those with default threads:\n' \
+  "$(echo "$jobs * $s1 / $st" | bc -l)" "$jobs" "$threads"
+printf '                        points_per_hour_ratio if the %s workers did not slow each other at all)\n' "$jobs"
+# The three runs must agree where they can: same points, same metric (threads differ, so the
 # last bits may too; the agreement test with equal --threads is in tests/examples).
+acc() { local l; l=$(grep -m1 "\"test_acc\": [0-9]" "$1"); l=${l##*: }; echo "${l%,}"; }
 for f in "$tmp"/jobs1/points/*.json; do
-  a=$(grep -m1 "\"test_acc\": [0-9]" "$f"); b=$(grep -m1 "\"test_acc\": [0-9]" "$tmp/jobsN/points/$(basename "$f")")
-  a=${a##*: } b=${b##*: }
-  echo "$(basename "$f" .json): test_acc ${a%,} (--jobs 1), ${b%,} (--jobs $jobs)"
+  n=$(basename "$f")
+  echo "${n%.json}: test_acc $(acc "$f") (--jobs 1), $(acc "$tmp/jobs1t/points/$n") (--threads $threads)," \
+       "$(acc "$tmp/jobsN/points/$n") (--jobs $jobs)"
 done
