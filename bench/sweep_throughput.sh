@@ -5,9 +5,10 @@
 #      sweeps ran before --jobs),
 #   2. one point at a time with the threads a --jobs N worker gets (--jobs 1 --threads cores/N),
 #   3. N points at once (--jobs N, cores / N threads each).
-# Prints points per hour for each and three ratios: 3 over 1 (what --jobs gains), 3 over 2 (how
-# close N workers come to N times one worker: N means they do not slow each other), and N times
-# 1 over 2 (the most 3 over 1 can be when they do not: what one point gains from all cores).
+# Prints points per hour for each and three ratios of them: 3 over 1 (what --jobs gains), 3 over
+# 2 (how close N workers come to N times one worker: N means they do not slow each other), and N
+# times 2 over 1 (the most 3 over 1 can be even when they do not; it falls as one point gains
+# more from all cores).
 # Run it on an otherwise idle machine: anything else on the cores skews every side.
 #
 #   bench/sweep_throughput.sh [BUILD_DIR] [JOBS]     (defaults: build-release, 2)
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-release}
 jobs=${2:-2}
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "sweep_throughput: JOBS must be a positive integer, got '$jobs'" >&2; exit 2; }
 shared=$(cd "${LORA_SHARED_DIR:-../shared}" && pwd)
 prog=$build/examples/agnews_sweep
 [ -x "$prog" ] || { echo "sweep_throughput: build $prog first" >&2; exit 1; }
