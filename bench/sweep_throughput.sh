@@ -42,7 +42,7 @@ threads=$((cores / jobs))
 [ "$threads" -ge 1 ] || threads=1
 s1=$(run jobs1 --jobs 1)
 st=$(run jobs1t --jobs 1 --threads "$threads")
-sn=$(run jobsN --jobs "$jobs")
+sn=$(run jobsN --jobs "$jobs" --threads "$threads")  # the same threads as side 2, stated, not left to the engine
 side() { printf '%-36s %8s s  %6.1f points/hour\n' "$1" "$(printf %.1f "$2")" "$(echo "$points * 3600 / $2" | bc -l)"; }
 printf 'machine: %s, %s cores\n' "$(uname -m)" "$cores"
 side "--jobs 1 (default threads)" "$s1"
