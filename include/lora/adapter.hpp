@@ -68,10 +68,10 @@ namespace detail {
 inline void check_adapter_spec(const AdapterSpec& spec, const std::string& path, int64_t in, int64_t out,
                                bool torch_linear) {
   const auto limit = std::min(in, out);
-  if (spec.rank <= 0 || (spec.rank > limit && (!spec.allow_rank_above_min || spec.init.changes_base)))
+  if (spec.rank <= 0 || (spec.rank > limit && (!spec.allow_rank_above_min || spec.init.rank_within_min)))
     throw ConfigError(str("lora: rank ", spec.rank, " does not fit layer '", path, "' (", out, " x ", in,
                           "): it must be at least 1 and at most ", limit,
-                          spec.init.changes_base ? " with init '" + spec.init.name + "'" : std::string(),
+                          spec.init.rank_within_min ? " with init '" + spec.init.name + "'" : std::string(),
                           ". Lower Config::rank, exclude the layer, give it a smaller rank with rank_pattern[\"",
                           path.substr(path.rfind('.') + 1), "\"], or set Config::allow_rank_above_min."));
   if (!std::isfinite(spec.scale))

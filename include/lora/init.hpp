@@ -29,11 +29,14 @@ struct InitContext {
   at::Generator generator;  ///< seeded from Config::seed, the layer's path and the adapter name.
 };
 
-/// A named init rule. `changes_base` says that `apply` rewrites `ctx.weight` (PiSSA, OLoRA).
+/// A named init rule. `changes_base` says that `apply` rewrites `ctx.weight` (PiSSA, OLoRA);
+/// `rank_within_min` that it needs r <= min(in, out) (a decomposition of W: PiSSA, OLoRA), even
+/// where Config::allow_rank_above_min allows more.
 struct Init {
   std::string name;
   std::function<void(InitContext&)> apply;
   bool changes_base = false;
+  bool rank_within_min = false;
 };
 
 namespace init {
@@ -67,6 +70,20 @@ inline Init gaussian_gaussian(double sigma = 1.0) {
           }};
 }
 
+/// A, B ~ N(0, sigma^2) as gaussian_gaussian(sigma), and W <- W - s B A, so that the adapted
+/// layer starts exactly at the base (as PiSSA and OLoRA do): the gaussian init without its
+/// random initial update. With it one can tell whether gaussian_gaussian's collapse comes from
+/// that initial update or from the size of A and B during training.
+inline Init gaussian_subtracted(double sigma = 1.0) {
+  const auto gauss = gaussian_gaussian(sigma);  // checks sigma
+  Init p{"gaussian-subtracted(" + std::to_string(sigma) + ")", [fill = gauss.apply](InitContext& c) {
+           fill(c);
+           c.weight.sub_(c.scale * c.B.to(at::kDouble).mm(c.A.to(at::kDouble)).to(c.weight.scalar_type()));
+         }};
+  p.changes_base = true;
+  return p;
+}
+
 /// PiSSA (Meng et al. 2024): W = U S V^T, A = sqrt(S_r/s) V_r^T, B = U_r sqrt(S_r/s),
 /// W <- W - s B A. The adapter holds the principal directions; output is unchanged at step 0.
 inline Init pissa() {
@@ -84,6 +101,7 @@ inline Init pissa() {
            c.weight.copy_(W - c.scale * B.mm(A));
          }};
   p.changes_base = true;
+  p.rank_within_min = true;
   return p;
 }
 
@@ -100,26 +118,30 @@ inline Init olora() {
            c.weight.copy_(W - c.scale * B.mm(A));
          }};
   p.changes_base = true;
+  p.rank_within_min = true;
   return p;
 }
 
-/// Your own rule. `changes_base` must be true if `fn` writes ctx.weight.
+/// Your own rule. `changes_base` must be true if `fn` writes ctx.weight; such a rule is also
+/// held to r <= min(in, out) (Init::rank_within_min), as a decomposition of W would be.
 inline Init custom(std::string name, std::function<void(InitContext&)> fn, bool changes_base = false) {
-  return {std::move(name), std::move(fn), changes_base};
+  return {std::move(name), std::move(fn), changes_base, changes_base};
 }
 
 /// The names by_name() knows, in the order of this file.
 inline const std::vector<std::string>& names() {
-  static const std::vector<std::string> n = {"uniform-zero", "gaussian-zero", "gaussian-gaussian", "pissa", "olora"};
+  static const std::vector<std::string> n = {"uniform-zero", "gaussian-zero", "gaussian-gaussian", "gaussian-subtracted",
+                                             "pissa", "olora"};
   return n;
 }
 
 /// The policy called `name` (one of names(); each policy's Init::name, without gaussian-gaussian's
-/// "(sigma)"); `sigma` is gaussian_gaussian's. Throws ConfigError naming the value and the names.
+/// and gaussian-subtracted's "(sigma)"); `sigma` is theirs. Throws ConfigError naming the value and the names.
 inline Init by_name(const std::string& name, double sigma = 1.0) {
   if (name == "uniform-zero") return uniform_zero();
   if (name == "gaussian-zero") return gaussian_zero();
   if (name == "gaussian-gaussian") return gaussian_gaussian(sigma);
+  if (name == "gaussian-subtracted") return gaussian_subtracted(sigma);
   if (name == "pissa") return pissa();
   if (name == "olora") return olora();
   throw ConfigError(detail::str("lora::init::by_name: no init policy is called '", name, "'; use one of ", detail::quoted_list(names()), "."));

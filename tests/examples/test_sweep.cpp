@@ -897,3 +897,47 @@ TEST_CASE("sweep: a point file whose seed is out of range is refused, not read",
   CHECK(sweep::record_from_json(doc, "test_acc").seed == 3);
   cleanup(dir);
 }
+
+TEST_CASE("sweep: --alphas gives a column per alpha, a scale plot and the fitted optima in every output", "[sweep]") {
+  const auto dir = temp_dir("alphas");
+  const auto o = toy_options(dir, {"--ranks", "2", "--alphas", "1", "4", "--lrs", "1e-2", "3e-2", "1e-1", "3e-1",
+                                   "--full-lrs", "1e-2", "1e-1", "--seeds", "3", "4"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  const auto out = sweep::run_sweep(o, task, quiet(sink));
+  INFO(sink.str());
+  REQUIRE(out.ran == 20);
+  const auto r = load(dir / "results.json");
+  CHECK(r.at("columns") == json::array({"full", "lora_r2_a1", "lora_r2_a4"}));
+  // Every point file says whether it collapsed, by the task's rule (the toy's: only divergence).
+  const auto p = load(dir / "points" / "lora_r2_a4_lr1e-01_s3.json");
+  CHECK(p.at("column") == "lora_r2_a4");
+  CHECK(p.at("settings").at("alpha") == 4.0);
+  CHECK(p.at("results").at("collapsed") == false);
+  CHECK(r.at("runs").at("lora_r2_a4").at("0.1").at("n_collapsed") == 0);
+
+  // The pooled fit in results.json is the fit of that column's runs as results.json lists them.
+  const auto& robust = r.at("robust").at("test_acc");
+  for (const std::string col : {"full", "lora_r2_a1", "lora_r2_a4"}) {
+    std::vector<sweep::RunValue> runs;
+    for (const auto& [lr, rec] : r.at("runs").at(col).items())
+      for (const auto& [seed, s] : rec.at("seeds").items())
+        runs.push_back({std::stod(lr), s.at("test_acc").get<double>(), std::stoull(seed), false});
+    const auto f = sweep::fit_optimum(runs, true, false);
+    INFO(col);
+    CHECK(robust.at("columns").at(col).at("pooled").at("lr").get<double>() == Approx(f.lr).epsilon(1e-12));
+    CHECK(robust.at("columns").at(col).at("scale").get<double>() == (col == "full" ? 0.0 : col == "lora_r2_a1" ? 0.5 : 2.0));
+  }
+  // Two scales at one rank: the slope of each seed's optimum against the scale, and its plot.
+  CHECK(robust.at("scales") == 2);
+  CHECK(robust.at("optimum_slope_vs_scale").at("n") == 4);
+  const auto svg = lora_test::read_text(dir / "scale.svg");
+  std::string problem;
+  CHECK(tags_balanced(svg, problem));
+  CHECK(count_of(svg, "class=\"slope\"") >= 1);
+  const auto summary = lora_test::read_text(dir / "summary.md");
+  CHECK(contains(summary, "| r2 a1 |"));
+  CHECK(contains(summary, "Against the scale s (2 scales"));
+  CHECK(contains(summary, "| r2 a4 / r2 a1 |"));
+  cleanup(dir);
+}

@@ -130,3 +130,30 @@ TEST_CASE("policies by name: every name round-trips, an unknown one lists the na
   CHECK(contains(i, "'kaiming'"));
   CHECK(contains(i, "'pissa'"));
 }
+
+TEST_CASE("gaussian-subtracted: gaussian A and B, and W - s B A, so the layer starts at the base", "[policy][init]") {
+  torch::manual_seed(3);
+  const auto x = torch::randn({5, 40});
+  for (const bool plain : {false, true}) {
+    INFO((plain ? "torch::nn::Linear" : "lora::Linear"));
+    torch::nn::Sequential net(torch::nn::Linear(40, 3));
+    if (!plain) net = torch::nn::Sequential(lora::Linear(40, 3));
+    const auto before = net->forward(x).detach().clone();
+    lora::Config c;
+    c.rank = 16;  // above min(in, out) = 3: allowed, since the init decomposes nothing
+    c.alpha = 32;
+    c.init = lora::init::gaussian_subtracted(1.0);
+    c.targets = {"all-linear"};
+    c.adapt_output_head = true;
+    c.allow_rank_above_min = true;
+    auto adapters = lora::inject(*net, c);
+    const auto after = net->forward(x);
+    const double diff = (after - before).abs().max().item<double>();
+    std::cout << "gaussian-subtracted (" << (plain ? "plain" : "lora::Linear") << "): max |y - y_base| = " << diff << "\n";
+    CHECK(diff < 1e-3);  // W0 - s B A + s B A in float32, with s B A entries ~ 8
+    CHECK(adapters.a_parameters().at(0).std().item<double>() == Approx(1.0).epsilon(0.15));
+    CHECK(adapters.b_parameters().at(0).abs().max().item<double>() > 0.1);
+  }
+  CHECK(lora::init::by_name("gaussian-subtracted", 0.1).name == "gaussian-subtracted(0.100000)");
+  REQUIRE_THROWS_AS(lora::init::gaussian_subtracted(0), lora::ConfigError);
+}

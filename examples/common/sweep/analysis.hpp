@@ -16,6 +16,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -32,6 +33,7 @@ struct Cell {
   std::vector<double> values;
   int runs = 0;
   int diverged = 0;
+  int collapsed = 0;  ///< runs with a value that collapsed (RunRecord::collapsed), diverged ones not counted
 
   bool valid() const { return !values.empty(); }
   double mean() const { return mean_of(values); }
@@ -42,29 +44,33 @@ struct Cell {
 /// One line of the plot / column of the table: a run column's cells by ascending LR.
 struct Curve {
   std::string column;  ///< "full" or "lora_r16"
-  std::string label;   ///< "FullFT" or "r16"
+  std::string label;   ///< "FullFT", "r16", "r16 a8" (column_label())
   bool full = false;
   int64_t rank = 0;
   std::vector<Cell> cells;
 };
 
 /// The curves of `records` for the value `value_of` picks (empty optional: diverged or absent),
-/// FullFT first, then ranks ascending.
+/// FullFT first, then ranks ascending (alphas ascending within a rank).
 inline std::vector<Curve> make_curves(const std::vector<RunRecord>& records,
                                       const std::function<std::optional<double>(const RunRecord&)>& value_of) {
-  std::map<std::pair<int64_t, std::string>, Curve> by_column;  // full has rank 0: first
+  std::map<std::tuple<int64_t, double, std::string>, Curve> by_column;  // full has rank 0: first
   for (const auto& rec : records) {
-    auto& c = by_column[{rec.method == "full" ? 0 : rec.rank, rec.column}];
+    auto& c = by_column[{rec.method == "full" ? 0 : rec.rank, rec.alpha, rec.column}];
     c.column = rec.column;
     c.full = rec.method == "full";
     c.rank = rec.rank;
-    c.label = c.full ? "FullFT" : "r" + std::to_string(rec.rank);
+    c.label = column_label(rec.column);
     auto it = std::find_if(c.cells.begin(), c.cells.end(), [&](const Cell& x) { return x.lr == rec.lr; });
-    if (it == c.cells.end()) it = c.cells.insert(c.cells.end(), Cell{rec.lr, {}, 0, 0});
+    if (it == c.cells.end()) it = c.cells.insert(c.cells.end(), Cell{rec.lr, {}, 0, 0, 0});
     ++it->runs;
     const auto v = value_of(rec);
-    if (rec.diverged || !v) ++it->diverged;
-    else it->values.push_back(*v);
+    if (rec.diverged || !v) {
+      ++it->diverged;
+    } else {
+      it->values.push_back(*v);
+      it->collapsed += rec.collapsed;
+    }
   }
   std::vector<Curve> out;
   for (auto& kv : by_column) {
@@ -267,7 +273,7 @@ inline std::vector<LossCurve> loss_curves_at(const std::vector<RunRecord>& recor
   for (const auto& [k, rs] : by_column) {
     LossCurve c;
     c.full = k.second == "full";
-    c.label = c.full ? "FullFT" : "r" + std::to_string(k.first);
+    c.label = column_label(k.second);
     std::vector<std::vector<double>> losses;
     for (const auto* r : rs) {
       const auto& tc = r->doc.at("results").at("train_curve");

@@ -27,9 +27,9 @@ namespace detail {
 /// The flags as strings, bound to CLI11; convert() checks and converts them. Empty: not given
 /// in any layer (a flag whose group a rival took, such as --alpha beside --alpha-per-rank).
 struct RawFlags {
-  std::vector<std::string> lrs, ranks, full_lrs, seeds, targets;
+  std::vector<std::string> lrs, ranks, full_lrs, seeds, targets, alphas, alpha_lrs;
   std::string rank, epochs, alpha, alpha_per_rank, scaling, init, init_std, batch_size, seed, train_size, val_size,
-      max_len, model_dir, data_dir, out, device, threads, jobs, shard, preset, loraplus_ratio;
+      max_len, model_dir, data_dir, out, device, threads, jobs, shard, preset, loraplus_ratio, full_train;
   bool full_finetune = false, merge = false, dry_run = false, dora = false;
 };
 
@@ -46,7 +46,7 @@ inline std::vector<std::string> default_of(const ProgramSpec& spec, const std::s
 inline std::string flag_group(const std::string& name) {
   if (name == "--rank" || name == "--ranks") return "ranks";
   if (name == "--seed" || name == "--seeds") return "seeds";
-  if (name == "--alpha" || name == "--alpha-per-rank") return "alpha";
+  if (name == "--alpha" || name == "--alpha-per-rank" || name == "--alphas" || name == "--alpha-lrs") return "alpha";
   return name;
 }
 
@@ -77,13 +77,27 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
   auto* per_rank = a.add_option("--alpha-per-rank", raw.alpha_per_rank, "alpha = K * r (the seed's 'alpha = 10r': 10)")
                        ->type_name("K")
                        ->group("LoRA");
+  auto* alphas = a.add_option("--alphas", raw.alphas, "several alphas at every rank, each (rank, alpha) its own column")
+                     ->type_name("NUM ...")
+                     ->group("LoRA");
+  a.add_option("--alpha-lrs", raw.alpha_lrs,
+               "with --alphas: the LoRA LRs of one alpha instead of --lrs, e.g. 8:1e-3,2e-3,3e-3 (repeatable)")
+      ->type_name("ALPHA:LR,...")
+      ->group("LoRA");
   alpha->excludes(per_rank);
+  alpha->excludes(alphas);
+  per_rank->excludes(alphas);
   a.add_option("--scaling", raw.scaling, "scale s from alpha and r: " + join(scaling_names(), "|"))->type_name("NAME")->group("LoRA");
   a.add_option("--init", raw.init, "A/B init: " + join(init_names(), "|"))->type_name("NAME")->group("LoRA");
   a.add_option("--init-std", raw.init_std, "sigma of A and B for --init gaussian-gaussian")->type_name("NUM")->group("LoRA");
   a.add_option("--targets", raw.targets, "layers to adapt (lora::Config::targets syntax)")->type_name("NAME ...")->group("LoRA");
   a.add_option("--loraplus-ratio", raw.loraplus_ratio, "LoRA+: B's LR = ratio * A's LR (1: off)")->type_name("NUM")->group("LoRA");
   a.add_flag("--dora", raw.dora, "DoRA (weight-decomposed LoRA; lora::Linear layers only)")->group("LoRA");
+  a.add_option("--full-train", raw.full_train,
+               "what FullFT trains: all (every parameter), no-embeddings (the embedding tables frozen), linear "
+               "(only the Linear layers, the ones all-linear LoRA adapts)")
+      ->type_name("WHAT")
+      ->group("Grid");
   // Training and data.
   a.add_option("--epochs", raw.epochs, "training epochs")->type_name("N")->group("Training");
   a.add_option("--batch-size,--batch_size", raw.batch_size, "batch size")->type_name("N")->group("Training");
@@ -203,6 +217,27 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
   if (!raw.alpha_per_rank.empty())
     o.alpha_per_rank = positive("--alpha-per-rank", raw.alpha_per_rank, "a positive K (alpha = K * r)");
   if (!raw.alpha.empty()) o.alpha = number("--alpha", raw.alpha, "a finite alpha such as 32");
+  o.alphas.clear();
+  for (const auto& t : raw.alphas) o.alphas.push_back(positive("--alphas", t, "positive alphas such as 8 32 128"));
+  o.alpha_lrs.clear();
+  for (const auto& t : raw.alpha_lrs) {
+    const std::string expect = "ALPHA:LR,LR,... with ALPHA one of --alphas, e.g. 8:1e-3,2e-3";
+    const auto colon = t.find(':');
+    if (colon == std::string::npos) throw examples::UsageError("--alpha-lrs: '" + t + "' has no ':'; give " + expect + ".");
+    const double alpha = positive("--alpha-lrs", t.substr(0, colon), expect);
+    if (std::find(o.alphas.begin(), o.alphas.end(), alpha) == o.alphas.end())
+      throw examples::UsageError("--alpha-lrs: alpha " + t.substr(0, colon) + " in '" + t +
+                                 "' is not one of --alphas; give " + expect + ".");
+    if (o.alpha_lrs.count(alpha))
+      throw examples::UsageError("--alpha-lrs: alpha " + t.substr(0, colon) + " is given twice; list its LRs once.");
+    auto& lrs = o.alpha_lrs[alpha];
+    std::string rest = t.substr(colon + 1);
+    for (size_t start = 0; start <= rest.size();) {
+      const auto comma = std::min(rest.find(',', start), rest.size());
+      lrs.push_back(positive("--alpha-lrs", rest.substr(start, comma - start), expect));
+      start = comma + 1;
+    }
+  }
   o.scaling = one_of("--scaling", raw.scaling, scaling_names());
   o.init = one_of("--init", raw.init, init_names());
   o.init_std = positive("--init-std", raw.init_std, "a positive standard deviation such as 1 or 0.02");
@@ -211,6 +246,7 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
     throw examples::UsageError("--targets: no layer given; name layers such as q_lin v_lin, or all-linear.");
   o.loraplus_ratio = positive("--loraplus-ratio", raw.loraplus_ratio, "a positive ratio (1: plain LoRA; LoRA+ uses 16)");
   o.dora = raw.dora;
+  o.full_train = one_of("--full-train", raw.full_train, full_train_names());
 
   o.epochs = integer("--epochs", raw.epochs, 1);
   o.batch_size = integer("--batch-size", raw.batch_size, 1);

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -70,6 +71,25 @@ struct SweepOutcome {
 
 namespace detail {
 
+/// Freezes what `--full-train what` leaves out of a FullFT run: nothing for "all"; every
+/// torch::nn::Embedding's parameters for "no-embeddings"; every parameter outside a Linear
+/// layer (torch::nn::Linear or lora::Linear: the layers all-linear LoRA adapts) for "linear".
+inline void restrict_full_training(torch::nn::Module& model, const std::string& what) {
+  if (what == "all") return;
+  const bool linear_only = what == "linear";
+  if (!linear_only && what != "no-embeddings")
+    throw examples::UsageError("--full-train: '" + what + "' is not allowed; use one of " +
+                               detail::join(full_train_names()) + ".");
+  const auto restrict = [&](torch::nn::Module& m) {
+    const bool embedding = m.as<torch::nn::Embedding>() != nullptr;
+    const bool linear = m.as<torch::nn::Linear>() != nullptr || m.as<lora::LinearImpl>() != nullptr;
+    if (linear_only ? !linear : embedding)
+      for (auto& t : m.parameters(/*recurse=*/false)) t.set_requires_grad(false);
+  };
+  restrict(model);  // (modules(include_self) needs a model held by a shared_ptr)
+  for (const auto& m : model.modules(/*include_self=*/false)) restrict(*m);
+}
+
 /// Trains point `p` and writes its file; returns its record.
 inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Reporter& progress,
                            int64_t log_every) {
@@ -81,6 +101,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
   lora::Adapters adapters;
   int64_t trainable = 0;
   if (p.is_full()) {
+    restrict_full_training(*model.module, o.full_train);
     for (const auto& t : model.module->parameters()) trainable += t.requires_grad() ? t.numel() : 0;
   } else {
     adapters = lora::inject(*model.module, to_lora_config(o, p));
@@ -98,6 +119,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const auto metric = task.metric();
+  const auto rule = task.collapse_rule();
   nlohmann::json results = {{"best_val_loss", r.best_val_loss ? nlohmann::json(*r.best_val_loss) : nlohmann::json()},
                             {metric.key, r.test_metric ? nlohmann::json(*r.test_metric) : nlohmann::json()},
                             {"train_losses", r.train_losses},
@@ -105,6 +127,9 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
                             {"train_curve", {{"every", log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
                             {"diverged", r.diverged},
                             {"diverged_reason", r.diverged ? nlohmann::json(r.diverged_reason) : nlohmann::json()},
+                            {"collapsed", rule.collapsed(r.test_metric, r.diverged)},
+                            {"collapse_rule", rule.description},
+                            {"collapse_bound", std::isnan(rule.bound) ? nlohmann::json() : nlohmann::json(rule.bound)},
                             {"steps", r.steps},
                             {"trainable_parameters", trainable},
                             {"wall_time_s", wall}};
@@ -118,7 +143,8 @@ inline std::string point_line(const RunRecord& r, const Metric& m) {
   const auto& res = r.doc.at("results");
   if (r.diverged) return "diverged " + r.key + ": " + res.value("diverged_reason", std::string("non-finite loss"));
   return "done " + r.key + ": " + m.key + " " + num(r.metric.value_or(NAN)) + ", best val loss " +
-         num(r.best_val_loss.value_or(NAN)) + " (" + format_duration(res.at("wall_time_s").get<double>()) + ")";
+         num(r.best_val_loss.value_or(NAN)) + (res.value("collapsed", false) ? ", collapsed" : "") + " (" +
+         format_duration(res.at("wall_time_s").get<double>()) + ")";
 }
 
 /// --dry-run: the grid, what is done, and the cost of the rest.

@@ -25,6 +25,7 @@ struct Point {
   double alpha = 0;             ///< the alpha handed to lora::Config (K * r with --alpha-per-rank); 0 for "full"
   std::string scaling;          ///< scaling policy name ("" for "full")
   std::string init;             ///< init policy name ("" for "full")
+  bool alpha_column = false;    ///< the grid spans several alphas (--alphas): alpha is part of the column
   uint64_t seed = 42;
   std::map<std::string, std::string> extra;  ///< further settings, recorded with the point
 
@@ -86,8 +87,31 @@ inline std::string lr_key(double x) {
   return detail::scientific(digits, exponent);
 }
 
-/// The results column of a point: "full" or "lora_r<rank>".
-inline std::string column(const Point& p) { return p.is_full() ? "full" : "lora_r" + std::to_string(p.rank); }
+/// The alpha as it appears in a column name: the shortest decimal that reads back ("8", "0.5").
+inline std::string alpha_text(double alpha) {
+  char buf[40];
+  for (int precision = 1; precision < 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, alpha);
+    if (std::strtod(buf, nullptr) == alpha) break;
+  }
+  return buf;
+}
+
+/// The results column of a point: "full", "lora_r<rank>", or "lora_r<rank>_a<alpha>" when the
+/// grid spans several alphas (--alphas).
+inline std::string column(const Point& p) {
+  if (p.is_full()) return "full";
+  return "lora_r" + std::to_string(p.rank) + (p.alpha_column ? "_a" + alpha_text(p.alpha) : "");
+}
+
+/// The label of a column in tables and plots: "FullFT", "r16", "r16 a8".
+inline std::string column_label(const std::string& column) {
+  if (column == "full") return "FullFT";
+  std::string label = column.rfind("lora_", 0) == 0 ? column.substr(5) : column;
+  const auto a = label.find("_a");
+  if (a != std::string::npos) label.replace(a, 1, " ");
+  return label;
+}
 
 /// The stable key of a point, e.g. "lora_r16_lr1e-04_s42" or "full_lr3e-05_s42".
 inline std::string key(const Point& p) {
@@ -100,14 +124,17 @@ struct GridSpec {
   std::vector<int64_t> ranks;        ///< empty: no LoRA points
   std::vector<double> full_lrs;      ///< empty: no FullFT points
   std::vector<uint64_t> seeds;
-  double alpha = 0;                  ///< used when alpha_per_rank is 0
+  double alpha = 0;                  ///< used when alpha_per_rank is 0 and alphas is empty
+  std::vector<double> alphas;        ///< several alphas: one column per rank and alpha
+  std::map<double, std::vector<double>> alpha_lrs;  ///< LoRA LRs of one alpha of `alphas` (else `lrs`)
   double alpha_per_rank = 0;         ///< > 0: alpha = alpha_per_rank * r
   std::string scaling;               ///< a lora::scaling policy name
   std::string init;                  ///< a lora::init policy name
   std::map<std::string, std::string> extra;
 };
 
-/// Every point, in run order: for each seed, FullFT first, then ranks ascending; LRs ascending.
+/// Every point, in run order: for each seed, FullFT first, then ranks ascending (alphas
+/// ascending within a rank); LRs ascending.
 inline std::vector<Point> build_grid(const GridSpec& spec) {
   auto sorted = [](auto v) {
     std::sort(v.begin(), v.end());
@@ -123,24 +150,29 @@ inline std::vector<Point> build_grid(const GridSpec& spec) {
       p.extra = spec.extra;
       grid.push_back(p);
     }
+    const auto alphas = spec.alphas.empty() ? std::vector<double>{0.0} : sorted(spec.alphas);
     for (const auto r : sorted(spec.ranks))
-      for (const double lr : sorted(spec.lrs)) {
-        Point p;
-        p.lr = lr;
-        p.rank = r;
-        p.alpha = spec.alpha_per_rank > 0 ? spec.alpha_per_rank * static_cast<double>(r) : spec.alpha;
-        p.scaling = spec.scaling;
-        p.init = spec.init;
-        p.seed = seed;
-        p.extra = spec.extra;
-        grid.push_back(p);
-      }
+      for (const double alpha : alphas)
+        for (const double lr : sorted(spec.alpha_lrs.count(alpha) ? spec.alpha_lrs.at(alpha) : spec.lrs)) {
+          Point p;
+          p.lr = lr;
+          p.rank = r;
+          p.alpha = !spec.alphas.empty()        ? alpha
+                    : spec.alpha_per_rank > 0 ? spec.alpha_per_rank * static_cast<double>(r)
+                                              : spec.alpha;
+          p.alpha_column = spec.alphas.size() > 1;
+          p.scaling = spec.scaling;
+          p.init = spec.init;
+          p.seed = seed;
+          p.extra = spec.extra;
+          grid.push_back(p);
+        }
   }
   std::set<std::string> keys;
   for (const auto& p : grid)
     if (!keys.insert(key(p)).second)
       throw examples::UsageError("the grid holds point '" + key(p) +
-                                 "' twice: a learning rate, rank or seed is listed twice (1e-4 and 0.0001 are the "
+                                 "' twice: a learning rate, rank, alpha or seed is listed twice (1e-4 and 0.0001 are the "
                                  "same LR). Remove the duplicate.");
   if (grid.empty())
     throw examples::UsageError(

@@ -6,12 +6,14 @@
 // program's own defaults (ProgramSpec::defaults); the built-in defaults (builtin_defaults(),
 // the one place that states them: --help shows them from there too). Every layer is a list of
 // flags as a user would type them. Flags that exclude each other (--rank/--ranks,
-// --seed/--seeds, --alpha/--alpha-per-rank) form one group: a flag given explicitly hides the
+// --seed/--seeds, --alpha/--alpha-per-rank/--alphas) form one group: a flag given explicitly hides the
 // whole group in the weaker layers.
 //
 // Which points run:
 //  - LoRA: every rank of --ranks (or the single --rank) at every LR of --lrs.
-//    `--ranks none` (or `--ranks` with no value) runs no LoRA point.
+//    `--ranks none` (or `--ranks` with no value) runs no LoRA point. With several --alphas,
+//    every rank at every alpha, each (rank, alpha) its own column ("lora_r16_a8"), at --lrs
+//    or at that alpha's own LRs (--alpha-lrs 8:1e-3,2e-3).
 //  - FullFT: with --full-finetune, at every LR of --full-lrs, which defaults to --lrs.
 //    Giving --full-lrs turns --full-finetune on. `--ranks none --full-lrs ...` is a FullFT-only sweep.
 //  - Each of the above once per seed (--seed, or the list --seeds).
@@ -22,6 +24,7 @@
 #include <lora/init.hpp>
 #include <lora/scaling.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -41,6 +44,15 @@ struct HelpRequested {
 /// Flag values to apply as a block: {"--epochs", {"1"}}, {"--full-finetune", {}} for a switch.
 using FlagValues = std::vector<std::pair<std::string, std::vector<std::string>>>;
 
+/// `base` with `more` on top: a flag `more` sets replaces base's (a preset built on a shared block).
+inline FlagValues with_flags(const FlagValues& base, const FlagValues& more) {
+  FlagValues out;
+  for (const auto& f : base)
+    if (std::none_of(more.begin(), more.end(), [&](const auto& m) { return m.first == f.first; })) out.push_back(f);
+  out.insert(out.end(), more.begin(), more.end());
+  return out;
+}
+
 struct Preset {
   std::string description;
   FlagValues flags;
@@ -55,7 +67,9 @@ struct Options {
   std::vector<int64_t> ranks;                         ///< empty: no LoRA points
   std::vector<double> full_lrs;                       ///< empty: no FullFT points
   std::vector<uint64_t> seeds;
-  double alpha = 0;                                   ///< 0 with --alpha-per-rank
+  double alpha = 0;                                   ///< 0 with --alpha-per-rank or --alphas
+  std::vector<double> alphas;                         ///< --alphas: one column per rank and alpha
+  std::map<double, std::vector<double>> alpha_lrs;    ///< --alpha-lrs: one alpha's own LoRA LRs
   double alpha_per_rank = 0;                          ///< > 0: alpha = alpha_per_rank * r
   std::string scaling;
   std::string init;
@@ -63,6 +77,7 @@ struct Options {
   std::vector<std::string> targets;
   double loraplus_ratio = 0;                          ///< LR of B = ratio * LR of A (LoRA+); 1: off
   bool dora = false;
+  std::string full_train;                             ///< what FullFT trains: all, no-embeddings, linear
   // Training and data.
   int64_t epochs = 0;
   int64_t batch_size = 0;
@@ -101,6 +116,12 @@ struct ProgramSpec {
 
 inline const std::vector<std::string>& scaling_names() { return lora::scaling::names(); }
 inline const std::vector<std::string>& init_names() { return lora::init::names(); }
+/// What --full-train may name: every parameter (the seed study's FullFT), all but the embedding
+/// tables, or only the Linear layers (weights and biases: the layers all-linear LoRA adapts).
+inline const std::vector<std::string>& full_train_names() {
+  static const std::vector<std::string> n = {"all", "no-embeddings", "linear"};
+  return n;
+}
 
 /// The built-in defaults of the shared flags, as a user would type them: the weakest layer of
 /// parse_options(), and what --help shows (under the program's own defaults). The only place
@@ -115,6 +136,7 @@ inline FlagValues builtin_defaults(const ProgramSpec& spec) {
           {"--init-std", {"1"}},
           {"--targets", {"all-linear"}},
           {"--loraplus-ratio", {"1"}},
+          {"--full-train", {"all"}},
           {"--epochs", {"5"}},
           {"--batch-size", {"32"}},
           {"--train-size", {"10000"}},

@@ -28,6 +28,8 @@ inline std::vector<Point> build_grid(const Options& o) {
   g.seeds = o.seeds;
   g.alpha = o.alpha;
   g.alpha_per_rank = o.alpha_per_rank;
+  g.alphas = o.alphas;
+  g.alpha_lrs = o.alpha_lrs;
   g.scaling = o.scaling;
   g.init = o.init;
   g.extra = o.extra;

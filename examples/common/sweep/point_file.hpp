@@ -8,6 +8,7 @@
 //   "settings": {           // what determines the numbers; a rerun must match it exactly
 //     "task", "model", "method", "lr", "seed", "epochs", "batch_size", "train_size", "val_size",
 //     "max_len", "optimizer": {...}, "extra": {...},
+//     FullFT only, when not "all": "full_train" ("no-embeddings", "linear": what was trained);
 //     LoRA only: "rank", "alpha", "alpha_per_rank", "scale", "scaling", "init", ["init_std"],
 //     "targets", "loraplus_ratio", "dora"
 //   },
@@ -17,7 +18,11 @@
 //   },
 //   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
 //               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
-//               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s"}
+//               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s",
+//               "collapsed", "collapse_rule", "collapse_bound"}  // the task's CollapseRule (record.hpp)
+// Settings are only ever added with a value that older files are read as (absent "full_train"
+// is "all"), so that finished points stay valid; the report recomputes "collapsed" from the
+// rule, also for files written before it was recorded.
 // }
 // Resuming: a point whose file exists is done and skipped; its settings must equal this
 // run's, or the sweep stops rather than mix two experiments in one --out. A file that does not
@@ -137,14 +142,17 @@ inline nlohmann::json point_settings(const Options& o, const Task& task, const P
                        {{"name", "AdamW"}, {"betas", {t.beta1, t.beta2}}, {"eps", t.eps}, {"weight_decay", t.weight_decay},
                         {"schedule", "constant"}, {"warmup_steps", 0}, {"grad_clip", nullptr}}},
                       {"extra", p.extra}};
-  if (p.is_full()) return s;
+  if (p.is_full()) {
+    if (o.full_train != "all") s["full_train"] = o.full_train;
+    return s;
+  }
   s["rank"] = p.rank;
   s["alpha"] = p.alpha;
   s["alpha_per_rank"] = o.alpha_per_rank > 0 ? nlohmann::json(o.alpha_per_rank) : nlohmann::json();
   s["scale"] = scaling_policy(p.scaling).scale(p.alpha, p.rank);
   s["scaling"] = p.scaling;
   s["init"] = p.init;
-  if (p.init == "gaussian-gaussian") s["init_std"] = o.init_std;
+  if (p.init == "gaussian-gaussian" || p.init == "gaussian-subtracted") s["init_std"] = o.init_std;
   s["targets"] = o.targets;
   s["loraplus_ratio"] = o.loraplus_ratio;
   s["dora"] = o.dora;

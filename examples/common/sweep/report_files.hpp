@@ -18,6 +18,7 @@
 #include "png.hpp"
 #include "point_file.hpp"
 #include "results_json.hpp"
+#include "robust.hpp"
 #include "summary.hpp"
 #include "task.hpp"
 
@@ -26,7 +27,7 @@ namespace detail {
 
 /// Writes results.json, summary.md and plot.svg/png from the grid's finished points; prints
 /// the summary. Returns false (writing nothing) when no point is finished.
-inline bool write_report(const Options& o, const Task& task, const std::vector<Point>& grid, std::ostream& out,
+inline bool write_report(const Options& o, Task& task, const std::vector<Point>& grid, std::ostream& out,
                          bool render_png) {
   std::vector<RunRecord> records;
   std::vector<std::string> missing;
@@ -45,16 +46,26 @@ inline bool write_report(const Options& o, const Task& task, const std::vector<P
     out << "note: " << others << " point file(s) in " << points_dir(o).string()
         << " are not in this grid and were left out; give the same grid flags as the runs that made them.\n";
   if (records.empty()) return false;
+  const auto rule = task.collapse_rule();
+  mark_collapsed(records, rule);
 
   const fs::path dir(o.out);
-  remove_stale_tmp(dir, {"results.json", "summary.md", "plot.svg"});
+  remove_stale_tmp(dir, {"results.json", "summary.md", "plot.svg", "scale.svg"});
   const auto metric = task.metric();
-  write_atomic(dir / "results.json", results_json(task.name(), task.model_name(), metric, records, missing).dump(2) + "\n");
-  const auto summary = summary_markdown(task.name(), task.model_name(), metric, records, missing);
+  write_atomic(dir / "results.json", results_json(task.name(), task.model_name(), metric, records, missing, rule.description).dump(2) + "\n");
+  const auto summary = summary_markdown(task.name(), task.model_name(), metric, records, missing, rule.description);
   write_atomic(dir / "summary.md", summary);
   const auto a = analyse(records, measures(metric).front());
+  const auto robust = robust_analysis(records, a.measure, a.curves, rule.description);
+  std::vector<FitOptimum> fits;
+  for (const auto& c : robust.columns) fits.push_back(c.pooled);
   write_atomic(dir / "plot.svg", plot_svg(a.curves, a.optima, metric.label,
-                                          task.name() + " (" + task.model_name() + "): " + metric.label + " vs LR"));
+                                          task.name() + " (" + task.model_name() + "): " + metric.label + " vs LR",
+                                          metric.log_scale, fits));
+  // The optimum and the edge against the scale, when the LoRA lines have several (--alphas).
+  if (robust.scales >= 2)
+    write_atomic(dir / "scale.svg", scale_svg(robust, task.name() + ": optimal LR (by " + metric.key +
+                                                          ") and stability edge vs LoRA's scale"));
   // Training-loss curves, every run at each LR that two or more runs share.
   std::map<double, int> runs_at;
   for (const auto& c : a.curves)

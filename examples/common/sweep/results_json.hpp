@@ -16,11 +16,11 @@
 //         // over the seeds that did not diverge (losses per epoch averaged element-wise).
 //         "best_val_loss": 0.27, "test_acc": 91.2, "train_losses": [...], "val_losses": [...],
 //         "diverged": false,      // true when every seed diverged (then the numbers are null)
-//         "n_seeds": 1, "n_diverged": 0,
+//         "n_seeds": 1, "n_diverged": 0, "n_collapsed": 0,   // collapsed: the task's CollapseRule
 //         "test_acc_std": null, "best_val_loss_std": null,   // sample std over seeds (n >= 2)
 //         "seeds": {"42": {       // each seed's own record
 //           "key": "lora_r16_lr1e-04_s42", "best_val_loss": ..., "test_acc": ..., "train_losses": [...],
-//           "val_losses": [...], "diverged": false, "diverged_reason": null, "steps": 1565,
+//           "val_losses": [...], "diverged": false, "diverged_reason": null, "collapsed": false, "steps": 1565,
 //           "wall_time_s": 812.3,
 //           "settings": {...},    // the settings of this run NOT in the top-level "settings"
 //           "environment": {...}  // host, device, versions, paths, command line
@@ -29,6 +29,7 @@
 //     }
 //   },
 //   "optimum": {"test_acc": {...}, "best_val_loss": {...}},  // per column, see optimum_json()
+//   "robust": {"test_acc": {...}, "best_val_loss": {...}},   // the second round's estimators, robust_json()
 //   "missing": ["<key>", ...]     // grid points without a result yet
 // }
 // A run's full settings are the top-level "settings" plus its own "settings": no number is
@@ -46,6 +47,7 @@
 
 #include "analysis.hpp"
 #include "grid.hpp"
+#include "robust.hpp"
 #include "stats.hpp"
 
 namespace sweep {
@@ -61,8 +63,9 @@ inline nlohmann::json aggregate(const std::vector<const RunRecord*>& runs, const
   nlohmann::json seeds = nlohmann::json::object();
   std::vector<double> metrics, vals;
   std::vector<std::vector<double>> train_lists, val_lists;
-  int diverged = 0;
+  int diverged = 0, collapsed = 0;
   for (const auto* r : runs) {
+    collapsed += r->collapsed;
     const auto& res = r->doc.at("results");
     nlohmann::json own = nlohmann::json::object();
     for (const auto& [k, v] : r->doc.at("settings").items())
@@ -76,6 +79,7 @@ inline nlohmann::json aggregate(const std::vector<const RunRecord*>& runs, const
         {"train_curve", res.value("train_curve", nlohmann::json())},
         {"diverged", r->diverged},
         {"diverged_reason", res.value("diverged_reason", nlohmann::json())},
+        {"collapsed", r->collapsed},
         {"steps", res.at("steps")},
         {"wall_time_s", res.at("wall_time_s")},
         {"settings", own},
@@ -109,6 +113,7 @@ inline nlohmann::json aggregate(const std::vector<const RunRecord*>& runs, const
   out["diverged"] = diverged == static_cast<int>(runs.size());
   out["n_seeds"] = runs.size();
   out["n_diverged"] = diverged;
+  out["n_collapsed"] = collapsed;
   out[metric.key + "_std"] = m.values.size() >= 2 ? nlohmann::json(m.stddev()) : nlohmann::json();
   out["best_val_loss_std"] = bv.values.size() >= 2 ? nlohmann::json(bv.stddev()) : nlohmann::json();
   out["seeds"] = seeds;
@@ -165,9 +170,72 @@ inline nlohmann::json optimum_json(const Analysis& a) {
   return out;
 }
 
-/// results.json (see the header comment) of `records`; `missing` lists grid keys without a file.
+namespace detail {
+
+inline nlohmann::json fit_json(const FitOptimum& f) {
+  if (!f.found) return {{"found", false}, {"note", f.note}};
+  return {{"found", true}, {"best_lr", f.best_lr}, {"best_value", f.best_value}, {"lr", f.lr}, {"value", f.value},
+          {"interpolated", f.interpolated}, {"runs", f.runs}, {"lrs", f.lrs}, {"note", f.note}};
+}
+
+inline nlohmann::json slope_json(const std::optional<Slope>& s) {
+  if (!s) return nullptr;
+  return {{"n", s->n}, {"slope", s->slope}, {"intercept", s->intercept}, {"lo", s->lo}, {"hi", s->hi},
+          {"method", "least squares of log10(LR) on log10(scale), Student t 95% interval of the slope"}};
+}
+
+template <typename Map, typename Fn>
+nlohmann::json by_seed_json(const Map& m, const Fn& fn) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [seed, v] : m) j[std::to_string(seed)] = fn(v);
+  return j;
+}
+
+}  // namespace detail
+
+/// The second round's estimators (robust.hpp) of one measure: per column the pooled fit, each
+/// seed's fit, edge and ratios with their intervals; the slopes against the scale.
+inline nlohmann::json robust_json(const RobustAnalysis& r) {
+  using detail::by_seed_json;
+  using detail::interval_json;
+  const auto number = [](double v) { return nlohmann::json(v); };
+  nlohmann::json columns = nlohmann::json::object();
+  for (const auto& c : r.columns) {
+    columns[c.column] = {
+        {"runs", c.runs},
+        {"collapsed", c.collapsed},
+        {"scale", std::isfinite(c.scale) ? nlohmann::json(c.scale) : nlohmann::json()},
+        {"pooled", detail::fit_json(c.pooled)},
+        {"seeds", by_seed_json(c.seeds, detail::fit_json)},
+        {"edges", by_seed_json(c.edges,
+                               [](const Edge& e) {
+                                 return e.found ? nlohmann::json{{"lr", e.lr}, {"first_collapsed_lr", e.collapsed_lr}}
+                                                : nlohmann::json{{"lr", nullptr}, {"note", e.note}};
+                               })},
+        {"lr_ratio_to_full", by_seed_json(c.ratios, number)},
+        {"edge_ratio_to_full", by_seed_json(c.edge_ratios, number)},
+        {"paired_to", c.paired_to.empty() ? nlohmann::json() : nlohmann::json(c.paired_to)},
+        {"paired_lr_ratio", by_seed_json(c.paired, number)},
+        {"lr_interval", interval_json(c.lr)},
+        {"lr_ratio_interval", interval_json(c.ratio)},
+        {"edge_interval", interval_json(c.edge)},
+        {"edge_ratio_interval", interval_json(c.edge_ratio)},
+        {"paired_lr_ratio_interval", interval_json(c.paired_ratio)}};
+  }
+  return {{"collapse_rule", r.rule},
+          {"fit", "least-squares quadratic in log10(LR) on the runs that did not collapse within half a decade of "
+                  "the best LR"},
+          {"columns", columns},
+          {"scales", r.scales},
+          {"optimum_slope_vs_scale", detail::slope_json(r.optimum_slope)},
+          {"edge_slope_vs_scale", detail::slope_json(r.edge_slope)}};
+}
+
+/// results.json (see the header comment) of `records` (marked by mark_collapsed() with the
+/// rule `collapse_rule` describes); `missing` lists grid keys without a file.
 inline nlohmann::json results_json(const std::string& task, const std::string& model, const Metric& metric,
-                                   const std::vector<RunRecord>& records, const std::vector<std::string>& missing) {
+                                   const std::vector<RunRecord>& records, const std::vector<std::string>& missing,
+                                   const std::string& collapse_rule = "") {
   const auto common = common_settings(records);
   std::map<std::string, std::map<double, std::vector<const RunRecord*>>> grouped;
   std::set<uint64_t> seeds;
@@ -181,9 +249,13 @@ inline nlohmann::json results_json(const std::string& task, const std::string& m
 
   std::vector<Analysis> analyses;
   for (const auto& m : measures(metric)) analyses.push_back(analyse(records, m));
-  nlohmann::json columns = nlohmann::json::array(), optimum = nlohmann::json::object();
+  nlohmann::json columns = nlohmann::json::array(), optimum = nlohmann::json::object(),
+                 robust = nlohmann::json::object();
   for (const auto& c : analyses.front().curves) columns.push_back(c.column);  // the metric's: display order
-  for (const auto& a : analyses) optimum[a.measure.metric.key] = optimum_json(a);
+  for (const auto& a : analyses) {
+    optimum[a.measure.metric.key] = optimum_json(a);
+    robust[a.measure.metric.key] = robust_json(robust_analysis(records, a.measure, a.curves, collapse_rule));
+  }
   return {{"schema", "lora-sweep-results/1"},
           {"task", task},
           {"model", model},
@@ -193,6 +265,7 @@ inline nlohmann::json results_json(const std::string& task, const std::string& m
           {"seeds", seeds},
           {"runs", runs},
           {"optimum", optimum},
+          {"robust", robust},
           {"missing", missing}};
 }
 

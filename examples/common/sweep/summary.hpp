@@ -16,13 +16,15 @@
 
 #include "analysis.hpp"
 #include "grid.hpp"
+#include "robust.hpp"
 #include "stats.hpp"
 
 namespace sweep {
 
 namespace detail {
 
-/// A table cell: "91.24", "91.2 ± 0.31", "diverged", "91.2 (1/3 diverged)", or "" when not run.
+/// A table cell: "91.24", "91.2 ± 0.31", "diverged", "91.2 (1/3 diverged)", "25 ± 0 (3/3
+/// collapsed)", or "" when not run.
 inline std::string cell_text(const Cell* c, bool best) {
   if (!c) return "";
   if (!c->valid()) return "diverged";
@@ -30,6 +32,7 @@ inline std::string cell_text(const Cell* c, bool best) {
   if (c->values.size() >= 2) s += " ± " + num(c->stddev(), "%.2g");
   if (best) s = "**" + s + "**";
   if (c->diverged > 0) s += " (" + std::to_string(c->diverged) + "/" + std::to_string(c->runs) + " diverged)";
+  if (c->collapsed > 0) s += " (" + std::to_string(c->collapsed) + "/" + std::to_string(c->runs) + " collapsed)";
   return s;
 }
 
@@ -122,6 +125,73 @@ inline std::string optimum_section(const std::vector<Curve>& curves, const std::
   return s.str();
 }
 
+/// "0.0012*" per seed, "*" marking a value that was not interpolated; `text` renders one value.
+template <typename Map, typename Text>
+std::string per_seed_text(const Map& by_seed, const Text& text) {
+  std::string s;
+  for (const auto& [seed, v] : by_seed) s += (s.empty() ? "" : ", ") + text(v);
+  return s.empty() ? "-" : s;
+}
+
+/// The second round's estimators (robust.hpp) for one value: the optimum fitted without
+/// collapsed runs, the stability edge, the ratios within seed, the slope against the scale.
+inline std::string robust_section(const RobustAnalysis& r, const std::string& value_name, bool several_seeds) {
+  std::ostringstream s;
+  s << "### Optimum without collapsed runs, and the stability edge\n\n"
+    << "Collapsed: " << (r.rule.empty() ? "a run that diverged" : r.rule + ", or diverged") << ". Optimum: a "
+    << "least-squares quadratic in log10 LR" << " on every run that did not collapse within half a decade of the "
+    << "best LR (pooled: every seed's runs around the best of their mean; per seed: that seed's runs); * = not "
+    << "interpolated (see notes). Stability edge: per seed, the largest LR that did not collapse below the first "
+    << "LR above the best that did. Intervals: Student t 95% on log10 over seeds, geometric mean [lo, hi].\n\n";
+  std::ostringstream notes;
+  const auto opt_text = [](const FitOptimum& f) { return lr_text(f.lr) + (f.interpolated ? "" : "*"); };
+  const auto num3 = [](double v) { return num(v, "%.3g"); };
+  s << "| run | collapsed runs | optimum LR (pooled fit) | " << value_name << " there | optimum LR per seed | "
+    << "optimum LR | LoRA/FullFT ratio per seed | ratio |\n|---|---|---|---|---|---|---|---|\n";
+  for (const auto& c : r.columns) {
+    s << "| " << c.label << " | " << c.collapsed << "/" << c.runs << " | "
+      << (c.pooled.found ? opt_text(c.pooled) : "-") << " | " << (c.pooled.found ? num(c.pooled.value) : "-")
+      << " | " << per_seed_text(c.seeds, opt_text) << " | " << interval_text(c.lr) << " | "
+      << (c.full ? "-" : per_seed_text(c.ratios, num3)) << " | " << (c.full ? "-" : interval_text(c.ratio)) << " |\n";
+    if (!c.pooled.interpolated) notes << "- " << c.label << " (pooled): " << c.pooled.note << ".\n";
+    for (const auto& [seed, f] : c.seeds)
+      if (!f.interpolated) notes << "- " << c.label << ", seed " << seed << ": " << f.note << ".\n";
+  }
+  s << "\n| run | stability edge per seed (first collapse) | edge | LoRA/FullFT edge ratio per seed | edge ratio |\n"
+    << "|---|---|---|---|---|\n";
+  for (const auto& c : r.columns) {
+    const auto edge_text = [](const Edge& e) {
+      return e.found ? lr_text(e.lr) + " (" + lr_text(e.collapsed_lr) + ")" : std::string("none");
+    };
+    s << "| " << c.label << " | " << per_seed_text(c.edges, edge_text) << " | " << interval_text(c.edge) << " | "
+      << (c.full ? "-" : per_seed_text(c.edge_ratios, num3)) << " | " << (c.full ? "-" : interval_text(c.edge_ratio))
+      << " |\n";
+  }
+  bool paired = false;
+  for (const auto& c : r.columns) paired = paired || !c.paired.empty();
+  if (paired && several_seeds) {
+    s << "\nWithin seed, each LoRA line's optimum over the first LoRA line's (FullFT's noise drops out):\n\n"
+      << "| run | ratio per seed | ratio |\n|---|---|---|\n";
+    for (const auto& c : r.columns)
+      if (!c.paired_to.empty())
+        s << "| " << c.label << " / " << c.paired_to << " | " << per_seed_text(c.paired, num3) << " | "
+          << interval_text(c.paired_ratio) << " |\n";
+  }
+  if (r.scales >= 2) {
+    const auto slope_text = [](const std::optional<Slope>& sl) {
+      if (!sl) return std::string("- (fewer than 3 values)");
+      return num(sl->slope, "%.3g") + " [" + num(sl->lo, "%.3g") + ", " + num(sl->hi, "%.3g") + "] (n = " +
+             std::to_string(sl->n) + ")";
+    };
+    s << "\nAgainst the scale s (" << r.scales << " scales; each seed's value of each LoRA line, least squares in "
+      << "log10-log10, Student t 95% on the slope): optimum LR slope " << slope_text(r.optimum_slope)
+      << "; stability edge slope " << slope_text(r.edge_slope) << ". A slope of -1 means the LR follows 1/s, 0 "
+      << "that it does not depend on s.\n";
+  }
+  if (notes.tellp() > 0) s << "\nNotes:\n" << notes.str();
+  return s.str();
+}
+
 /// "key value, key value" for the scalar and list common settings.
 inline std::string settings_line(const nlohmann::json& common) {
   std::string s;
@@ -134,9 +204,11 @@ inline std::string settings_line(const nlohmann::json& common) {
 
 }  // namespace detail
 
-/// summary.md (see the header comment) of `records`; `missing` lists grid keys without a file.
+/// summary.md (see the header comment) of `records` (marked by mark_collapsed() with the rule
+/// `collapse_rule` describes); `missing` lists grid keys without a file.
 inline std::string summary_markdown(const std::string& task, const std::string& model, const Metric& metric,
-                                    const std::vector<RunRecord>& records, const std::vector<std::string>& missing) {
+                                    const std::vector<RunRecord>& records, const std::vector<std::string>& missing,
+                                    const std::string& collapse_rule = "") {
   std::set<uint64_t> seeds;
   for (const auto& r : records) seeds.insert(r.seed);
   std::ostringstream s;
@@ -152,7 +224,8 @@ inline std::string summary_markdown(const std::string& task, const std::string& 
     const auto& v = m.metric;
     s << "\n## " << v.label << " (" << v.key << ", " << (v.higher_is_better ? "higher" : "lower") << " is better)\n\n"
       << detail::value_table(a.curves, a.optima, v.key) << "\n### Optimal LR by " << v.key << "\n\n"
-      << detail::optimum_section(a.curves, a.optima, v.key, a.per_seed);
+      << detail::optimum_section(a.curves, a.optima, v.key, a.per_seed) << "\n"
+      << detail::robust_section(robust_analysis(records, m, a.curves, collapse_rule), v.key, seeds.size() >= 2);
   }
   if (!missing.empty()) {
     s << "\n## Missing points (" << missing.size() << ")\n\n";

@@ -33,6 +33,10 @@ class Task {
   /// Loads data once, before the first run (not called by --dry-run or --merge). Missing files
   /// should be reported here, all at once, before any training.
   virtual void prepare() {}
+  /// When a finished run counts as collapsed (record.hpp). The default: only diverged runs.
+  /// May load data (the WikiText task evaluates its base model once); called by the engine
+  /// after each point and by the report.
+  virtual CollapseRule collapse_rule() { return {}; }
   /// A fresh model with the base weights for point `p`. The engine has just seeded torch with
   /// p.seed (so a newly initialised head is reproducible); it then moves the module to the
   /// device and injects LoRA (LoRA points) or trains every parameter (FullFT).

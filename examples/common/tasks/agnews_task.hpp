@@ -25,6 +25,12 @@ class AgNewsTask : public sweep::Task {
   std::string model_name() const override { return fs::path(o_.model_dir).filename().string(); }
   sweep::Metric metric() const override { return {"test_acc", "test accuracy (%)", true}; }
   int64_t steps_per_epoch() const override { return (o_.train_size + o_.batch_size - 1) / o_.batch_size; }
+  /// Collapsed: test accuracy within 5 points of chance (25%: AG-News's test set is balanced
+  /// over 4 classes), i.e. the model predicts (nearly) one class. Runs that learned anything
+  /// are far above it (the small base's weakest LoRA runs reach ~40%).
+  sweep::CollapseRule collapse_rule() override {
+    return {kChance + 5, /*higher_is_better=*/true, "test_acc <= 30 (chance, 25%, + 5 points)"};
+  }
 
   /// Checks every file, then tokenizes the three splits once.
   void prepare() override {
@@ -128,6 +134,7 @@ class AgNewsTask : public sweep::Task {
     return out;
   }
 
+  static constexpr double kChance = 25.0;  ///< % of 4 balanced classes
   sweep::Options o_;
   int64_t pad_id_ = 0;
   Encoded train_, val_, test_;
@@ -160,10 +167,7 @@ inline sweep::ProgramSpec agnews_spec() {
   // 2 epochs (126 steps), 3 seeds. LR grids: half-decade steps, finer near each optimum.
   const sweep::FlagValues small = {{"--train-size", {"2000"}}, {"--val-size", {"1000"}}, {"--epochs", {"2"}},
                                    {"--max-len", {"128"}},    {"--seeds", {"1", "2", "3"}}};
-  const auto with = [&small](sweep::FlagValues more) {
-    more.insert(more.begin(), small.begin(), small.end());
-    return more;
-  };
+  const auto with = [&small](const sweep::FlagValues& more) { return sweep::with_flags(small, more); };
   const std::vector<std::string> full_lrs = {"1e-4", "3e-4", "6e-4", "1e-3", "2e-3", "3e-3"};
   s.presets["small-alpha32"] = {"CPU-scale study, experiment 1: alpha 32 (scale 32/r), ranks 4 16 64, FullFT beside",
                                 with({{"--ranks", {"4", "16", "64"}},
@@ -185,6 +189,57 @@ inline sweep::ProgramSpec agnews_spec() {
               {"--alpha", {"32"}},
               {"--init", {"gaussian-gaussian"}},
               {"--init-std", {sigma}}})};
+  // The study's second round (docs/results.md, experiments 6-10 there).
+  // Alpha at fixed rank: r16 with alpha 8, 32, 128, 512 (scale 0.5, 2, 8, 32), each on a grid
+  // that holds its optimum whether the optimum follows 1/scale or does not move, and its edge.
+  s.presets["small-alpha-scan"] = {
+      "CPU-scale study, second round: r16 at alpha 8, 32, 128, 512 (scale 0.5 to 32), FullFT beside",
+      with({{"--ranks", {"16"}},
+            {"--alphas", {"8", "32", "128", "512"}},
+            {"--alpha-lrs",
+             {"8:1e-3,2e-3,3e-3,6e-3,1e-2,2e-2,3e-2,6e-2", "32:3e-4,6e-4,1e-3,2e-3,3e-3,6e-3,1e-2",
+              "128:1e-4,2e-4,3e-4,6e-4,1e-3,2e-3,3e-3,6e-3", "512:2e-5,3e-5,6e-5,1e-4,2e-4,3e-4,6e-4,1e-3,2e-3,3e-3"}},
+            {"--full-lrs", full_lrs}})};
+  // The cliff resolved: a fine grid (the E12 series: steps of at most 1.23x) around each
+  // optimum and stability edge of experiment 1, 5 seeds.
+  const std::vector<std::string> e12_full = {"4.7e-4", "5.6e-4", "6.8e-4", "8.2e-4", "1e-3", "1.2e-3",
+                                             "1.5e-3", "1.8e-3", "2.2e-3", "2.7e-3", "3.3e-3"};
+  const std::vector<std::string> e12_lora = {"1e-3",   "1.2e-3", "1.5e-3", "1.8e-3", "2.2e-3", "2.7e-3",
+                                             "3.3e-3", "3.9e-3", "4.7e-3", "5.6e-3", "6.8e-3"};
+  s.presets["small-fine"] = {"CPU-scale study, second round: FullFT and r4/r16/r64 (alpha 32) on a fine grid, 5 seeds",
+                             with({{"--seeds", {"1", "2", "3", "4", "5"}},
+                                   {"--ranks", {"4", "16", "64"}},
+                                   {"--alpha", {"32"}},
+                                   {"--lrs", e12_lora},
+                                   {"--full-lrs", e12_full}})};
+  // Why gaussian collapses: gaussian A and B with s B0 A0 subtracted from W (the model starts
+  // at the base), sigma 1 and 0.1, on experiment 3's grid.
+  for (const char* sigma : {"1", "0.1"})
+    s.presets[std::string("small-gaussian-subtracted-") + sigma] = {
+        std::string("CPU-scale study, second round: gaussian A and B (sigma ") + sigma +
+            ") with the initial product subtracted from W, r16, alpha 32",
+        with({{"--ranks", {"16"}},
+              {"--lrs", {"3e-5", "1e-4", "3e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2"}},
+              {"--alpha", {"32"}},
+              {"--init", {"gaussian-subtracted"}},
+              {"--init-std", {sigma}}})};
+  // Like for like: FullFT without the embedding tables, and FullFT of the Linear layers only,
+  // beside experiment 1's LoRA lines (same grid and settings: their points are reused).
+  for (const char* what : {"no-embeddings", "linear"})
+    s.presets[std::string("small-full-") + what] = {
+        std::string("CPU-scale study, second round: FullFT with --full-train ") + what + " beside experiment 1's LoRA",
+        with({{"--ranks", {"4", "16", "64"}},
+              {"--lrs", {"3e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2"}},
+              {"--alpha", {"32"}},
+              {"--full-train", {what}},
+              {"--full-lrs", {"3e-4", "6e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1e-2", "2e-2"}}})};
+  // Budget: 8 epochs (504 steps) instead of 2, at 5 LRs around each line's optimum.
+  s.presets["small-budget"] = {"CPU-scale study, second round: 8 epochs (504 steps), FullFT and r4/r16/r64",
+                               with({{"--epochs", {"8"}},
+                                     {"--ranks", {"4", "16", "64"}},
+                                     {"--alpha", {"32"}},
+                                     {"--lrs", {"6e-4", "1e-3", "1.5e-3", "2.2e-3", "3.3e-3"}},
+                                     {"--full-lrs", {"3e-4", "5e-4", "8.2e-4", "1.2e-3", "1.8e-3"}}})};
   s.add_flags = [](CLI::App& app, sweep::Options& o) {
     o.extra["padding"] = "dynamic";
     app.add_option("--padding", o.extra["padding"],

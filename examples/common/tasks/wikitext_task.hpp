@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ class WikiTextTask : public sweep::Task {
 
   std::string name() const override { return "wikitext2"; }
   std::string model_name() const override { return fs::path(o_.model_dir).filename().string(); }
-  sweep::Metric metric() const override { return {"test_ppl", "test perplexity", false}; }
+  sweep::Metric metric() const override { return {"test_ppl", "test perplexity", false, /*log_scale=*/true}; }
   int64_t steps_per_epoch() const override { return (o_.train_size + o_.batch_size - 1) / o_.batch_size; }
 
   void prepare() override {
@@ -40,6 +41,19 @@ class WikiTextTask : public sweep::Task {
     val_ = first_blocks(data::load_wikitext(files.valid, encode, block).blocks, o_.val_size, "--val-size");
     test_ = first_blocks(data::load_wikitext(files.test, encode, block).blocks, std::stoll(o_.extra.at("test-size")),
                          "--test-size");
+  }
+
+  /// Collapsed: test perplexity no better than the untrained base model's (fine-tuning made it
+  /// worse), evaluated once per process on the same test blocks.
+  sweep::CollapseRule collapse_rule() override {
+    if (!base_ppl_) {
+      if (test_.empty()) prepare();
+      auto base = make_model(sweep::Point{});
+      base.module->to(sweep::device_of(o_));
+      base_ppl_ = sweep::detail::evaluate(*base.module, base.test_metric);
+    }
+    return {*base_ppl_, /*higher_is_better=*/false,
+            "test_ppl >= " + sweep::detail::num(*base_ppl_) + " (the base model's, before fine-tuning)"};
   }
 
   sweep::Model make_model(const sweep::Point&) override {
@@ -119,6 +133,7 @@ class WikiTextTask : public sweep::Task {
   sweep::Options o_;
   int64_t pad_id_ = 0;
   std::vector<std::vector<int64_t>> train_, val_, test_;
+  std::optional<double> base_ppl_;  ///< the base model's test perplexity (collapse_rule)
 };
 
 /// The command line of wikitext_sweep.
@@ -153,10 +168,7 @@ inline sweep::ProgramSpec wikitext_spec() {
                                    {"--batch-size", {"16"}},           {"--seeds", {"1", "2", "3"}},
                                    {"--alpha", {"32"}},                {"--full-lrs", {"1e-4", "3e-4", "1e-3", "3e-3", "1e-2"}},
                                    {"--lrs", {"3e-4", "1e-3", "3e-3", "1e-2", "3e-2"}}};
-  const auto with = [&small](sweep::FlagValues more) {
-    more.insert(more.begin(), small.begin(), small.end());
-    return more;
-  };
+  const auto with = [&small](const sweep::FlagValues& more) { return sweep::with_flags(small, more); };
   s.presets["small"] = {"CPU-scale study, experiment 4: LoRA on GPT-2's projections at ranks 4 and 64, FullFT beside",
                         with({{"--ranks", {"4", "64"}}})};
   s.presets["small-lm-head"] = {"CPU-scale study, experiment 4: LoRA on the tied lm_head only (r16), FullFT beside",
