@@ -2,7 +2,7 @@
 // as a table (figure, value, target, met) and written with --json FILE as named fields.
 //
 //   lora_bench [--device cpu|cuda] [--threads N] [--blas-threads N] [--steps N] [--quick]
-//              [--json FILE] [--shared-dir DIR] [--only train,forward,padding,tokenizers]
+//              [--json FILE] [--shared-dir DIR] [--only train,forward,kinds,padding,tokenizers]
 //
 // Figures (docs/performance.md explains each and holds the latest values):
 //   step_time_ratio            LoRA (r=16 on every Linear) / FullFT training step, AdamW, the
@@ -21,6 +21,9 @@
 //   dynamic_padding_speedup    AG-News training epoch (LoRA, real WordPiece tokens) padded to
 //                              512 / dynamic padding with length bucketing (extrapolated from
 //                              timed steps, see below)
+//   cnn_*, emb_*               LoRA on convolutions / an embedding table, drop-ins and plain
+//                              torch::nn layers, against FullFT and the BitFit floor; the CNN's
+//                              forward unmerged / merged (kinds_figures.hpp)
 //   wordpiece_mb_s, bpe_mb_s   one-thread tokenizer throughput on wiki.valid.raw + AG-News test
 //
 // Every measurement runs in a child process forked before the parent touches LibTorch's
@@ -32,7 +35,7 @@
 //
 // The parts: options.hpp (the command line), machine.hpp (/proc), worker.hpp (the fork/pipe
 // harness), timing.hpp, trainer.hpp (the model and the sides of each comparison), a header per
-// group of figures (train_, forward_, padding_ and tokenizer_figures.hpp) and figures.hpp (the
+// group of figures (train_, forward_, kinds_, padding_ and tokenizer_figures.hpp) and figures.hpp (the
 // table and --json).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -49,6 +52,7 @@
 
 #include "figures.hpp"
 #include "forward_figures.hpp"
+#include "kinds_figures.hpp"
 #include "machine.hpp"
 #include "options.hpp"
 #include "padding_figures.hpp"
@@ -104,6 +108,7 @@ int main(int argc, char** argv) try {
   json details;
   if (o.want("train")) measure_train(o, figs, details);
   if (o.want("forward")) measure_forward(o, figs, details);
+  if (o.want("kinds")) measure_kinds(o, figs, details);
   if (o.want("padding")) measure_padding(o, figs, details);
   if (o.want("tokenizers")) measure_tokenizers(o, figs, details);
 

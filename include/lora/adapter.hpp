@@ -1,9 +1,10 @@
 // One adapter on one layer: what it takes to create it (AdapterSpec) and what it holds
-// (Adapter: A (r, in), B (out, r) and, for DoRA, the magnitude m (out)). The tensors are
-// registered under the layer as "lora_A.<name>.weight", "lora_B.<name>.weight" and
-// "lora_magnitude_vector.<name>.weight" (PEFT's in-memory names). lora::Linear and inject()
-// create adapters; functional.hpp has the formulas that apply them, and each adapter's
-// variant (plain LoRA or DoRA, lora/detail/variant.hpp) says which of them it uses.
+// (Adapter: A and B, for a Linear layer (r, in) and (out, r), in the shapes its layer kind
+// stores them (detail/kind.hpp), and, for DoRA, the magnitude m (out)). The tensors are
+// registered under the layer as "lora_A.<name>.weight", "lora_B.<name>.weight" (Embedding:
+// "lora_embedding_A/B") and "lora_magnitude_vector.<name>.weight" (PEFT's in-memory names). The
+// drop-in layers and inject() create adapters; the layer kind says how they apply and merge,
+// and each adapter's variant (plain LoRA or DoRA, lora/detail/variant.hpp) what it adds.
 #pragma once
 
 #include <torch/autograd.h>
@@ -12,8 +13,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "detail/kind.hpp"
 #include "error.hpp"
 #include "init.hpp"
 
@@ -40,8 +43,8 @@ struct AdapterSpec {
 
 /// One adapter on one layer.
 struct Adapter {
-  torch::Tensor A;  ///< (r, in)
-  torch::Tensor B;  ///< (out, r)
+  torch::Tensor A;  ///< (r, in) on a Linear layer; its kind's shape elsewhere (Conv2d (r, in, kh, kw))
+  torch::Tensor B;  ///< (out, r) on a Linear layer; its kind's shape elsewhere (Conv2d (out, r, 1, 1))
   int64_t rank = 0;
   double alpha = 0;
   double scale = 1;
@@ -52,24 +55,38 @@ struct Adapter {
   /// Its variant (plain LoRA or DoRA), which the layer asks how to create, apply and merge
   /// the adapter; set by the layer that creates it (internal).
   const detail::Variant* variant = nullptr;
+  /// Its layer's kind (Linear, Embedding, Conv2d, ...: detail/kind.hpp), set with the variant.
+  std::shared_ptr<const detail::Kind> kind;
 
   bool dora() const { return magnitude.defined(); }
 
-  /// s * B A, (out, in): what this adapter adds to the base weight (before DoRA's row scaling).
-  torch::Tensor delta_weight() const { return torch::mm(B, A).mul_(scale); }
+  /// What this adapter adds to the base weight (before DoRA's row scaling), in the weight's
+  /// layout: s * B A (out, in) on a Linear layer, s (B A)^T (num, dim) on an Embedding,
+  /// (out, in, k...) on a convolution, the slice's rows on an attention in-projection slice.
+  torch::Tensor delta_weight() const { return kind ? kind->delta(*this) : torch::mm(B, A).mul_(scale); }
 };
 
 namespace detail {
 
-/// Every check of one adapter spec against its layer (`path`, weight (out, in)), in one place:
-/// inject() runs it on every selected layer before changing any, and lora::Linear::add_adapter
-/// on its own. `torch_linear`: the layer is a plain torch::nn::Linear (compatibility path),
-/// whose re-parametrized weight never sees the input, so no dropout and no DoRA.
-inline void check_adapter_spec(const AdapterSpec& spec, const std::string& path, int64_t in, int64_t out,
-                               bool torch_linear) {
-  const auto limit = std::min(in, out);
+inline torch::Tensor a_matrix(const Adapter& a) { return a.A.dim() == 2 ? a.A : a.A.reshape({a.A.size(0), -1}); }
+inline torch::Tensor b_matrix(const Adapter& a) { return a.B.dim() == 2 ? a.B : a.B.reshape({a.B.size(0), -1}); }
+inline torch::Tensor Kind::delta(const Adapter& a) const { return torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale); }
+
+}  // namespace detail
+
+namespace detail {
+
+/// Every check of one adapter spec against its layer (`path`, of kind `kind`, whose matrix view
+/// is (out_m, in_m): detail/kind.hpp), in one place: inject() runs it on every selected layer
+/// before changing any, and the drop-in layers' add_adapter on their own. `reparametrized`: the
+/// layer is a plain torch::nn layer (the compatibility path), whose re-parametrized weight never
+/// sees the input, so no dropout and no DoRA.
+inline void check_adapter_spec(const AdapterSpec& spec, const std::string& path, const Kind& kind, int64_t in_m,
+                               int64_t out_m, bool reparametrized) {
+  const auto limit = std::min(in_m, out_m);
   if (spec.rank <= 0 || (spec.rank > limit && (!spec.allow_rank_above_min || spec.init.rank_within_min)))
-    throw ConfigError(str("lora: rank ", spec.rank, " does not fit layer '", path, "' (", out, " x ", in,
+    throw ConfigError(str("lora: rank ", spec.rank, " does not fit layer '", path, "' (", out_m, " x ", in_m,
+                          kind.name() == "Linear" ? "" : " as a matrix, " + kind.name(),
                           "): it must be at least 1 and at most ", limit,
                           spec.init.rank_within_min ? " with init '" + spec.init.name + "'" : std::string(),
                           ". Lower Config::rank, exclude the layer, give it a smaller rank with rank_pattern[\"",
@@ -79,14 +96,25 @@ inline void check_adapter_spec(const AdapterSpec& spec, const std::string& path,
                           spec.rank, "); it must be finite. Use a finite alpha and scaling policy."));
   if (!(spec.dropout >= 0 && spec.dropout < 1))
     throw ConfigError(str("lora: dropout must be in [0, 1), got ", spec.dropout, " for layer '", path, "'."));
-  if (torch_linear && spec.dropout > 0)
-    throw ConfigError(str("lora: layer '", path, "' is a plain torch::nn::Linear; its adapter re-parametrizes the ",
+  const std::string plain = "a plain torch::nn::" + kind.name();
+  if (reparametrized && spec.dropout > 0)
+    throw ConfigError(str("lora: layer '", path, "' is ", plain, "; its adapter re-parametrizes the ",
                           "weight and never sees the input, so LoRA dropout ", spec.dropout,
-                          " cannot be applied. Set Config::dropout = 0 or declare the layer as lora::Linear."));
-  if (torch_linear && spec.use_dora)
-    throw ConfigError(str("lora: layer '", path, "' is a plain torch::nn::Linear; its adapter re-parametrizes the ",
+                          " cannot be applied. Set Config::dropout = 0 or declare the layer as lora::",
+                          kind.name(), "."));
+  if (!reparametrized && spec.dropout > 0 && !kind.supports_dropout())
+    throw ConfigError(str("lora: layer '", path, "' is an ", kind.name(), ", whose input is token ids: LoRA dropout ",
+                          spec.dropout, " has nothing to act on (PEFT ignores it there). Set Config::dropout = 0, ",
+                          "or exclude the layer."));
+  if (reparametrized && spec.use_dora)
+    throw ConfigError(str("lora: layer '", path, "' is ", plain, "; its adapter re-parametrizes the ",
                           "weight and never sees the input, so DoRA (use_dora) cannot be applied. Set "
-                          "Config::use_dora = false or declare the layer as lora::Linear."));
+                          "Config::use_dora = false or declare the layer as lora::",
+                          kind.name(), "."));
+  if (spec.use_dora && !kind.supports_dora())
+    throw ConfigError(str("lora: layer '", path, "' is ", kind.name(), ": this library implements DoRA (use_dora) ",
+                          "on Linear layers only (PEFT also has it for Embedding and convolutions). Set "
+                          "Config::use_dora = false, or exclude the layer."));
 }
 
 }  // namespace detail

@@ -22,19 +22,23 @@ namespace lora {
 
 /// How a layer carries its adapter.
 enum class LayerKind {
-  lora_linear,   ///< a lora::Linear: the fast path (the adapter runs inside forward)
-  torch_linear,  ///< a plain torch::nn::Linear: the compatibility path (re-parametrized weight)
+  drop_in,         ///< a layer of the library's (lora::Linear, lora::Embedding, lora::Conv2d, ...): the
+                   ///< fast path, the adapter runs inside forward()
+  reparametrized,  ///< a plain torch::nn layer: the compatibility path (its weight is re-parametrized)
+  lora_linear [[deprecated("use LayerKind::drop_in")]] = drop_in,
+  torch_linear [[deprecated("use LayerKind::reparametrized")]] = reparametrized,
 };
 
 /// One adapted layer, as inject() reports it.
 struct LayerInfo {
   std::string path;  ///< module path in the model, e.g. "transformer.layer.0.attention.q_lin"
-  int64_t in_features = 0;
-  int64_t out_features = 0;
+  int64_t in_features = 0;   ///< of the layer's weight seen as a matrix (detail/kind.hpp): Linear in
+  int64_t out_features = 0;  ///< Linear out; Embedding: dim x num; Conv: out x (in * k...)
   int64_t rank = 0;
   double alpha = 0;
   double scale = 0;
-  LayerKind kind = LayerKind::lora_linear;
+  LayerKind kind = LayerKind::drop_in;
+  std::string type = "Linear";  ///< the layer kind: "Linear", "Embedding", "Conv2d", "MultiheadAttention.in_proj.q", ...
 };
 
 /// The handle of one named adapter on a model, as inject() and peft::load() return it.
@@ -77,7 +81,7 @@ class Adapters {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     for (size_t i = 0; i < layers_.size(); ++i) {
       const auto& a = adapter(layers_[i]);
-      for (const auto& t : a.variant->tensors())
+      for (const auto& t : a.variant->tensors(*a.kind))
         out.emplace_back(infos_[i].path + "." + t.holder + "." + name_ + ".weight", a.*t.member);
     }
     out.insert(out.end(), kept_.begin(), kept_.end());
@@ -109,16 +113,17 @@ class Adapters {
   std::string summary() const {
     std::ostringstream s;
     int64_t fast = 0;
-    for (const auto& l : infos_) fast += l.kind == LayerKind::lora_linear;
-    s << "lora: adapter '" << name_ << "' on " << infos_.size() << " layers (" << fast << " lora::Linear, "
-      << infos_.size() - fast << " torch::nn::Linear); trainable " << trainable_parameter_count() << " of "
-      << model_parameters_ << " parameters\n";
+    for (const auto& l : infos_) fast += l.kind == LayerKind::drop_in;
+    s << "lora: adapter '" << name_ << "' on " << infos_.size() << " layers (" << fast << " drop-in, "
+      << infos_.size() - fast << " plain torch::nn, re-parametrized); trainable " << trainable_parameter_count()
+      << " of " << model_parameters_ << " parameters\n";
     for (size_t i = 0; i < infos_.size(); ++i) {
       const auto& l = infos_[i];
       const std::string variant = adapter(layers_[i]).variant->name();
-      s << "  " << l.path << "  (" << l.out_features << " x " << l.in_features << ")  r=" << l.rank
-        << " alpha=" << l.alpha << " scale=" << l.scale << (variant.empty() ? "" : " " + variant)
-        << (l.kind == LayerKind::torch_linear ? "  [torch::nn::Linear, re-parametrized]" : "") << "\n";
+      s << "  " << l.path << "  " << (l.kind == LayerKind::drop_in ? "lora::" : "torch::nn::") << l.type << " ("
+        << l.out_features << " x " << l.in_features << ")  r=" << l.rank << " alpha=" << l.alpha
+        << " scale=" << l.scale << (variant.empty() ? "" : " " + variant)
+        << (l.kind == LayerKind::reparametrized ? "  [re-parametrized]" : "") << "\n";
     }
     return s.str();
   }
@@ -209,7 +214,7 @@ class Adapters {
   std::vector<std::pair<std::string, torch::Tensor>> tensor_keys(size_t i) const {
     const auto& a = adapter(layers_[i]);
     std::vector<std::pair<std::string, torch::Tensor>> out;
-    for (const auto& t : a.variant->tensors()) out.emplace_back(infos_[i].path + "." + t.key, a.*t.member);
+    for (const auto& t : a.variant->tensors(*a.kind)) out.emplace_back(infos_[i].path + "." + t.key, a.*t.member);
     return out;
   }
   std::vector<torch::Tensor> select(bool a_side) const {

@@ -49,6 +49,12 @@ struct Config {
   /// needs it. Never for PiSSA/OLoRA, whose init needs r singular directions.
   bool allow_rank_above_min = false;
 
+  /// A layer whose weight another layer shares (an output layer tied to the input embedding,
+  /// as GPT-2's lm_head and wte) may be adapted without the other: the adapter then acts on the
+  /// adapted layer only, and after merge() on both (PEFT's behaviour without
+  /// ensure_weight_tying). Off: inject() refuses it with a ConfigError naming both layers.
+  bool allow_untied_weights = false;
+
   Init init = init::uniform_zero();
   Scaling scaling = scaling::alpha_over_rank();
   /// Seed of the init policy: the same seed gives the same adapter on the same layer.

@@ -26,6 +26,10 @@ struct InitContext {
   at::Tensor weight;  ///< (out, in), the base weight W; write it in place if `changes_base`.
   double scale = 1;   ///< s, from the scaling policy.
   int64_t rank = 0;   ///< r.
+  /// The layer is an Embedding (A (r, num), B (dim, r) on W^T): PEFT initialises such adapters
+  /// with A = 0 and B ~ N(0, 1) for its default and "gaussian" inits, and so do uniform_zero()
+  /// and gaussian_zero() (B is then the random factor; the adapter still starts as a no-op).
+  bool embedding = false;
   at::Generator generator;  ///< seeded from Config::seed, the layer's path and the adapter name.
 };
 
@@ -42,17 +46,27 @@ struct Init {
 namespace init {
 
 /// A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0: PEFT's default (kaiming_uniform with a = sqrt(5)).
-/// The adapter starts as an exact no-op and B = 0 acts as a warm-up.
+/// The adapter starts as an exact no-op and B = 0 acts as a warm-up. On an Embedding, PEFT's
+/// default for embeddings: A = 0, B ~ N(0, 1).
 inline Init uniform_zero() {
   return {"uniform-zero", [](InitContext& c) {
+            if (c.embedding) {
+              c.B.normal_(0.0, 1.0, c.generator);
+              return;
+            }
             const double bound = 1.0 / std::sqrt(static_cast<double>(c.A.size(1)));
             c.A.uniform_(-bound, bound, c.generator);
           }};
 }
 
 /// A ~ N(0, (1/r)^2), B = 0: PEFT's init_lora_weights="gaussian". Also an exact no-op at start.
+/// On an Embedding, as PEFT: A = 0, B ~ N(0, 1).
 inline Init gaussian_zero() {
   return {"gaussian-zero", [](InitContext& c) {
+            if (c.embedding) {
+              c.B.normal_(0.0, 1.0, c.generator);
+              return;
+            }
             c.A.normal_(0.0, 1.0 / static_cast<double>(c.rank), c.generator);
           }};
 }

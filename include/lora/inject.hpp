@@ -1,13 +1,16 @@
 // lora::inject(model, config): find the layers to adapt, give each an adapter, freeze the
-// rest, and return the Adapters handle. Works on lora::Linear layers (the fast path,
-// LayerKind::lora_linear) and on plain torch::nn::Linear layers of any model (the
-// compatibility path, LayerKind::torch_linear; see detail/parametrization.hpp).
+// rest, and return the Adapters handle. Works on the library's drop-in layers (lora::Linear,
+// lora::Embedding, lora::Conv1d/2d/3d: the fast path, LayerKind::drop_in) and on the plain
+// torch::nn layers of any model (Linear, Embedding, Conv1d/2d/3d, MultiheadAttention's in_proj:
+// the compatibility path, LayerKind::reparametrized; see detail/parametrization.hpp).
 #pragma once
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -30,8 +33,11 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   config.validate();
   const auto modules = detail::user_modules(model);
   const auto layers = detail::layers_of(model);
-  std::vector<std::string> all_paths, layer_paths;
-  for (const auto& m : modules) all_paths.push_back(m.first);
+  std::vector<std::string> all_paths, layer_paths, attentions;
+  for (const auto& m : modules) {
+    all_paths.push_back(m.first);
+    if (std::dynamic_pointer_cast<torch::nn::MultiheadAttentionImpl>(m.second)) attentions.push_back(m.first);
+  }
   for (const auto& l : layers) layer_paths.push_back(l.path);
 
   // Which layers: targets, minus exclude, minus output heads for "all-linear" if asked.
@@ -43,9 +49,16 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   }
   for (const auto& e : config.exclude) excludes.emplace_back(e, "exclude");
 
+  // A target naming an attention module adapts its in_proj and its out_proj, as PEFT does.
+  const auto named = [&](const detail::Pattern& t, const std::string& path) {
+    if (t.matches(path)) return true;
+    for (const auto& a : attentions)
+      if (t.matches(a) && (path == a + ".in_proj" || path == a + ".out_proj")) return true;
+    return false;
+  };
   for (const auto& t : targets) {
     bool hit = false;
-    for (const auto& p : layer_paths) hit |= t.matches(p);
+    for (const auto& p : layer_paths) hit |= named(t, p);
     if (hit) continue;
     std::string other;
     for (const auto& m : modules)
@@ -55,17 +68,19 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
       }
     if (!other.empty())
       throw TargetError(detail::str("lora::inject: target '", t.text(), "' matches ", other,
-                                    ", which is not a Linear layer. LoRA adapts lora::Linear and torch::nn::Linear "
-                                    "layers; target those inside it. Closest Linear layers: ",
+                                    ", which is not a layer LoRA can adapt. LoRA adapts ", detail::supported_kinds(),
+                                    "; target those inside it. Closest adaptable layers: ",
                                     detail::quoted_list(detail::closest(t.text(), layer_paths)), "."));
     throw TargetError(detail::str("lora::inject: target '", t.text(), "' matches no layer of the model. Closest layer ",
                                   "names: ", detail::quoted_list(detail::closest(t.text(), layer_paths)),
                                   ". Targets match a full path or its trailing components (\"q_lin\", "
-                                  "\"attention.q_lin\"); use \"re:<regex>\" for a regex or \"all-linear\"."));
+                                  "\"attention.q_lin\", \"self_attn.in_proj.q\"); use \"re:<regex>\" for a regex or "
+                                  "\"all-linear\"."));
   }
   for (const auto& e : excludes) {
     bool hit = false;
     for (const auto& p : all_paths) hit |= e.matches(p);
+    for (const auto& p : layer_paths) hit |= e.matches(p);
     if (!hit)
       throw TargetError(detail::str("lora::inject: exclude '", e.text(), "' matches no module. Closest: ",
                                     detail::quoted_list(detail::closest(e.text(), all_paths)), "."));
@@ -79,16 +94,31 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   };
   std::vector<const detail::Layer*> chosen;
   for (const auto& l : layers) {
-    bool named = false;
-    for (const auto& t : targets) named |= t.matches(l.path);
-    bool pick = named || (all_linear && (config.adapt_output_head || !is_head(l.path)));
+    bool hit = false;
+    for (const auto& t : targets) hit |= named(t, l.path);
+    const bool linear = l.kind->name() == "Linear";
+    bool pick = hit || (all_linear && linear && (config.adapt_output_head || !is_head(l.path)));
     for (const auto& e : excludes) pick &= !e.matches(l.path);
     if (pick) chosen.push_back(&l);
   }
   if (chosen.empty())
     throw TargetError(detail::str("lora::inject: no layer selected (", layers.size(),
-                                  " Linear layers in the model: ", detail::quoted_list(layer_paths),
+                                  " adaptable layers in the model: ", detail::quoted_list(layer_paths),
                                   "). Check targets and exclude."));
+
+  // A weight shared by two layers (an output layer tied to the input embedding, as GPT-2's
+  // lm_head and wte) must not be adapted in one place only: the adapter would act at one of
+  // them before a merge and at both after it.
+  if (!config.allow_untied_weights)
+    for (const auto* c : chosen)
+      for (const auto& l : layers) {
+        if (l.module == c->module || l.weight().unsafeGetTensorImpl() != c->weight().unsafeGetTensorImpl()) continue;
+        if (std::find(chosen.begin(), chosen.end(), &l) != chosen.end()) continue;
+        throw ConfigError(detail::str(
+            "lora::inject: layer '", c->path, "' shares its weight with '", l.path, "' (tied weights), which is not ",
+            "selected: the adapter would act on '", c->path, "' only, and after merge() on both. Exclude '", c->path,
+            "', or set Config::allow_untied_weights to accept that (as PEFT does without ensure_weight_tying)."));
+      }
 
   // Per-layer settings, all checked before any layer changes.
   std::vector<AdapterSpec> specs;
@@ -104,7 +134,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
     s.use_dora = config.use_dora;
     s.allow_rank_above_min = config.allow_rank_above_min;
-    detail::check_adapter_spec(s, l->path, l->in_features(), l->out_features(), /*torch_linear=*/!l->lora_linear);
+    l->check(s);
     if (l->has_adapter(config.adapter_name))
       throw ConfigError(detail::str("lora::inject: layer '", l->path, "' already has an adapter named '",
                                     config.adapter_name, "'. Set Config::adapter_name to add another adapter."));
@@ -132,7 +162,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     detail::Layer l = *chosen[i];
     l.add(config.adapter_name, specs[i]);
     infos.push_back({l.path, l.in_features(), l.out_features(), specs[i].rank, specs[i].alpha, specs[i].scale,
-                     l.lora_linear ? LayerKind::lora_linear : LayerKind::torch_linear});
+                     l.drop_in ? LayerKind::drop_in : LayerKind::reparametrized, l.kind->name()});
     adapted.push_back(std::move(l));
   }
 

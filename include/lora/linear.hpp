@@ -20,12 +20,13 @@
 #include <vector>
 
 #include "adapter.hpp"
-#include "detail/adapter_bank.hpp"
+#include "detail/adapter_host.hpp"
 #include "detail/variant.hpp"
+#include "kinds/linear.hpp"
 
 namespace lora {
 
-class LinearImpl : public torch::nn::Module {
+class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
  public:
   LinearImpl(int64_t in_features, int64_t out_features)
       : LinearImpl(torch::nn::LinearOptions(in_features, out_features)) {}
@@ -54,7 +55,7 @@ class LinearImpl : public torch::nn::Module {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
-    const auto pending = bank_.pending();
+    const auto pending = bank().pending();
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
     detail::ForwardInput in{x, weight, {}, is_training()};
     bool needs_base = false;
@@ -74,39 +75,19 @@ class LinearImpl : public torch::nn::Module {
     return bias.defined() ? y + bias : y;
   }
 
-  /// Adds adapter `name`, created as `spec` says (rank, scale, init, variant, ...). `path` names
-  /// the layer in error messages. Throws ConfigError for a spec that does not fit the layer.
-  const Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
-    const auto& where = path.empty() ? std::string("lora::Linear") : path;
-    detail::check_adapter_spec(spec, where, options.in_features(), options.out_features(), /*torch_linear=*/false);
-    return bank_.add(*this, where, name, spec, weight);
-  }
-  void remove_adapter(const std::string& name) { bank_.remove(*this, name, weight); }
-  /// Merges adapter `name` (or every active one) into `weight`; forward() then skips it.
-  void merge(const std::string& name = "") { bank_.merge(weight, name); }
-  /// Takes adapter `name` (or every merged one) back out of `weight`.
-  void unmerge(const std::string& name = "") { bank_.unmerge(weight, name); }
-  /// false: forward() is exactly the base layer (merged adapters are unmerged first).
-  void set_adapters_enabled(bool on) { bank_.set_enabled(on, weight); }
+  // Adapters: add_adapter(name, spec), remove_adapter, merge, unmerge, set_adapters_enabled,
+  // set_active_adapters, adapter(name), adapter_names(), active_adapters(),
+  // has_pending_adapters(), merged_weight(): detail::AdapterHost.
 
-  bool has_adapter(const std::string& name) const { return bank_.has(name); }
-  /// Adapter `name`; throws ConfigError, listing the names there are, if there is none.
-  const Adapter& adapter(const std::string& name) const { return bank_.get(name); }
-  /// Every adapter's name, sorted.
-  std::vector<std::string> adapter_names() const { return bank_.names(); }
-  /// The adapters forward() uses, in order (new adapters are active).
-  const std::vector<std::string>& active_adapters() const { return bank_.active(); }
-  void set_active_adapters(const std::vector<std::string>& names) { bank_.set_active(names); }
-  /// Whether forward() adds any adapter on top of `weight` (active, unmerged, enabled).
-  bool has_pending_adapters() const { return !bank_.pending().empty(); }
-  /// The weight forward() effectively uses: `weight` with every pending adapter merged in as
-  /// merge() would, computed on a copy (nothing changes). For exports.
-  torch::Tensor merged_weight() const { return bank_.merged_weight(weight); }
+  std::shared_ptr<const detail::Kind> kind() const override {
+    static const auto k = std::make_shared<const kinds::Linear>();
+    return k;
+  }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "lora::Linear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
            << ", bias=" << options.bias();
-    for (const auto& kv : bank_.adapters()) {
+    for (const auto& kv : bank().adapters()) {
       const std::string variant = kv.second.variant->name();
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
              << (variant.empty() ? "" : ", " + variant) << (kv.second.merged ? ", merged" : "") << ")";
@@ -118,8 +99,10 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor weight;  ///< (out, in)
   torch::Tensor bias;    ///< (out) or undefined
 
- private:
-  detail::AdapterBank bank_;
+ protected:
+  torch::nn::Module& adapter_owner() override { return *this; }
+  torch::Tensor base_weight() const override { return weight; }
+  std::string host_name() const override { return "lora::Linear"; }
 };
 
 TORCH_MODULE(Linear);

@@ -5,6 +5,8 @@
 #include "adapter.hpp"      // Adapter, AdapterSpec: one adapter on one layer
 #include "adapters.hpp"     // Adapters (the handle inject() returns), LayerInfo, LayerKind
 #include "config.hpp"       // Config: what inject() adapts and how
+#include "conv.hpp"         // lora::Conv1d, Conv2d, Conv3d: drop-ins for torch::nn::Conv1d/2d/3d
+#include "embedding.hpp"    // lora::Embedding, a drop-in for torch::nn::Embedding
 #include "error.hpp"        // Error and its subclasses
 #include "functional.hpp"   // add_lora, lora_linear, add_dora: the formulas on tensors
 #include "init.hpp"         // init policies, init::by_name

@@ -64,12 +64,14 @@ inline void set_active_adapters(torch::nn::Module& model, const std::vector<std:
 /// storage). The model does not change. Save it to give the adapted model to code that knows
 /// no LoRA (e.g. HF transformers' from_pretrained).
 inline torch::OrderedDict<std::string, torch::Tensor> merged_state_dict(torch::nn::Module& model) {
-  std::map<std::string, torch::Tensor> merged;  // "<layer>.weight" -> merged weight
+  std::map<std::string, torch::Tensor> merged;  // "<module>.<weight parameter>" -> merged weight
   for (const auto& l : detail::layers_of(model)) {
-    if (l.lora_linear && l.lora_linear->has_pending_adapters())
-      merged[l.path + ".weight"] = l.lora_linear->merged_weight();
-    else if (l.parametrization && l.parametrization->has_pending_adapters())
-      merged[l.path + ".weight"] = l.parametrization->merged_weight();
+    const auto key = l.module_path + "." + l.param;
+    if (l.drop_in) {
+      if (l.has_pending_adapters()) merged[key] = l.merged_weight();
+    } else if (const auto p = detail::WeightParametrizationImpl::find(*l.module); p && p->has_pending_adapters()) {
+      merged[key] = p->merged_weight();  // every part of the weight (an attention's q, k, v) at once
+    }
   }
   torch::OrderedDict<std::string, torch::Tensor> out;
   for (const auto& p : model.named_parameters(/*recurse=*/true)) {

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "config.hpp"
 #include "detail/layers.hpp"
 #include "detail/match.hpp"
+#include "detail/peft_layout.hpp"
 #include "detail/peft_load_steps.hpp"
 #include "detail/variants.hpp"
 #include "error.hpp"
@@ -58,12 +60,21 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
   // The model, in HF paths.
   const auto to_ours = detail::hf_to_ours(model, options.mapping);
   const auto layers = lora::detail::layers_of(model);
+  // PEFT's paths (detail/peft_layout.hpp): an attention's in_proj under the attention's own
+  // path, its out_proj also under "<attention>.base_layer.out_proj"; slices have none.
   std::map<std::string, const lora::detail::Layer*> layer_by_hf;
   std::vector<std::string> hf_layer_paths;
+  std::set<std::string> attentions;
+  for (const auto& l : layers)
+    if (l.path == l.module_path + ".in_proj") attentions.insert(l.module_path);
   for (const auto& l : layers) {
-    const auto hf = options.mapping.hf_path(l.path);
+    if (!detail::attention_of(l.path).empty() && l.path != l.module_path + ".in_proj") continue;
+    const auto hf = options.mapping.hf_path(l.path == l.module_path + ".in_proj" ? l.module_path : l.path);
     layer_by_hf[hf] = &l;
     hf_layer_paths.push_back(hf);
+    const auto at = l.path.rfind(".out_proj");
+    if (at != std::string::npos && at + 9 == l.path.size() && attentions.count(l.path.substr(0, at)))
+      layer_by_hf[options.mapping.hf_path(l.path.substr(0, at)) + ".base_layer.out_proj"] = &l;
   }
 
   // modules_to_save: PEFT wraps every module whose path ends with one of the names.
@@ -86,16 +97,17 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
   for (const auto& kv : per_layer) {
     const auto& hf = kv.first;
     if (layer_by_hf.count(hf)) continue;
-    const auto known = to_ours.count(hf) ? str(" ('", hf, "' is a module of the model, but not a Linear layer)") : "";
+    const auto known = to_ours.count(hf) ? str(" ('", hf, "' is a module of the model, but not a layer LoRA can adapt: ",
+                                               lora::detail::supported_kinds(), ")") : "";
     throw TargetError(str("PEFT adapter '", dir, "' adapts module '", hf, "', which the model lacks", known,
-                          ". Closest Linear layers: ", lora::detail::quoted_list(lora::detail::closest(hf, hf_layer_paths)),
+                          ". Closest adaptable layers: ", lora::detail::quoted_list(lora::detail::closest(hf, hf_layer_paths)),
                           ". The adapter is for another model, or the HfMapping does not fit this model."));
   }
   for (const auto& key : strays) {
     const bool lora_part = key.find("lora_") != std::string::npos;
     throw TargetError(str("PEFT adapter file '", weights_path, "': tensor '", key, "' ",
-                          lora_part ? "is a kind of LoRA tensor this library does not load (lora_A/lora_B weights and "
-                                      "DoRA magnitudes of Linear layers only; no embedding LoRA, no adapter names in "
+                          lora_part ? "is a kind of LoRA tensor this library does not load (lora_A/lora_B weights, "
+                                      "lora_embedding_A/B and DoRA magnitudes of Linear layers; no adapter names in "
                                       "keys)"
                                     : "belongs to no module of modules_to_save of the model",
                           ". Check that the adapter was trained on this model."));
@@ -117,10 +129,12 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
   torch::OrderedDict<std::string, torch::Tensor> state;
   for (const auto& [hf, keys] : per_layer) {
     const lora::detail::Layer& l = *layer_by_hf.at(hf);
-    const auto A = keys.of("lora_A"), B = keys.of("lora_B");
+    const auto names = l.kind->names();
+    const auto A = keys.of(names.a_holder), B = keys.of(names.b_holder);
     if (A.empty() || B.empty())
-      throw FileError(str("PEFT adapter file '", weights_path, "' has ", A.empty() ? "no lora_A" : "no lora_B",
-                          " tensor for layer '", hf, "' (it has ", A.empty() ? B : A, ")."));
+      throw FileError(str("PEFT adapter file '", weights_path, "' has no ", A.empty() ? names.a_holder : names.b_holder,
+                          " tensor for layer '", hf, "' (", l.kind->name(), "; it has ",
+                          keys.by_holder.empty() ? std::string("none") : keys.by_holder.begin()->second, ")."));
     // The tensors of the configured variant (DoRA's magnitude), and no other variant's.
     for (const auto& t : variant.extra_tensors())
       if (keys.of(t.holder).empty())
@@ -135,12 +149,14 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
     const auto& a = file.info(A).shape;
     const auto& b = file.info(B).shape;
     const int64_t in = l.in_features(), out = l.out_features();
-    if (a.size() != 2 || b.size() != 2 || a[1] != in || b[0] != out || a[0] != b[1])
-      throw ShapeError(str("PEFT adapter '", dir, "': layer '", hf, "' has lora_A ", detail::shape_str(a), " and lora_B ",
-                           detail::shape_str(b), " but the model's layer is (out ", out, ", in ", in,
-                           "): expected lora_A (r, ", in, ") and lora_B (", out,
-                           ", r). The adapter was trained on another model or model size."));
-    const int64_t r_file = a[0];
+    const int64_t r_file = a.empty() ? 0 : a[0];
+    const auto a_want = l.kind->a_shape(r_file, in), b_want = l.kind->b_shape(out, r_file);
+    if (a != a_want || b != b_want)
+      throw ShapeError(str("PEFT adapter '", dir, "': layer '", hf, "' (", l.kind->name(), ") has ", names.a_holder, " ",
+                           detail::shape_str(a), " and ", names.b_holder, " ", detail::shape_str(b), ", but for rank ",
+                           r_file, " the model's layer needs ", detail::shape_str(a_want), " and ",
+                           detail::shape_str(b_want),
+                           ". The adapter was trained on another model or model size (or another kernel)."));
     for (const auto& t : variant.extra_tensors()) {
       const auto& shape = file.info(keys.of(t.holder)).shape;
       if (shape != t.shape(out, in, r_file))
@@ -160,7 +176,7 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
     cfg.targets.push_back("re:" + detail::regex_escape(l.path));
     if (r != cfg.rank) cfg.rank_pattern[detail::regex_escape(l.path)] = r;
     if (alpha != cfg.alpha) cfg.alpha_pattern[detail::regex_escape(l.path)] = alpha;
-    for (const auto& t : variant.tensors()) state.insert(l.path + "." + t.key, file.tensor(keys.of(t.holder)));
+    for (const auto& t : variant.tensors(*l.kind)) state.insert(l.path + "." + t.key, file.tensor(keys.of(t.holder)));
   }
 
   // target_modules (and exclude_modules) must select exactly the layers in the file.
@@ -192,7 +208,7 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
   // The compatibility path (plain torch::nn::Linear) has no LoRA dropout, which only acts in
   // training: the file's lora_dropout is kept for lora::Linear models only.
   for (const auto& kv : per_layer)
-    if (layer_by_hf.at(kv.first)->torch_linear) cfg.dropout = 0;
+    if (!layer_by_hf.at(kv.first)->drop_in || !layer_by_hf.at(kv.first)->kind->supports_dropout()) cfg.dropout = 0;
 
   // Apply: inject() checks the rest (ranks against layer sizes, the adapter name) before it
   // changes anything; the copies cannot fail after it.

@@ -20,6 +20,7 @@
 #include "adapters.hpp"
 #include "config.hpp"
 #include "detail/match.hpp"
+#include "detail/peft_layout.hpp"
 #include "detail/variants.hpp"
 #include "error.hpp"
 #include "peft_config.hpp"
@@ -133,31 +134,34 @@ inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& op
   c.init_lora_weights = nlohmann::json::parse(detail::init_to_peft(cfg.init).dump());
 
   std::vector<std::tuple<std::string, int64_t, double>> per_layer;  // (HF path, r, exported alpha)
-  std::set<std::string> hf_paths;
-  for (const auto& l : adapters.layers()) {
-    const auto hf = options.mapping.hf_path(l.path);
-    if (!hf_paths.insert(hf).second)
-      throw ConfigError(str("lora::peft::save: the HfMapping sends two adapted layers to '", hf, "'."));
-    per_layer.emplace_back(hf, l.rank, detail::exported_alpha(l.rank, l.alpha, l.scale, rslora));
-    c.fan_in_fan_out |= options.mapping.is_conv1d(l.path);
+  std::set<std::string> hf_paths, targets;
+  bool attention = false;
+  for (const auto& l : detail::peft_layers(adapters, options.mapping, rslora)) {
+    if (!hf_paths.insert(l.hf_path).second)
+      throw ConfigError(str("lora::peft::save: the HfMapping sends two adapted layers to '", l.hf_path, "'."));
+    per_layer.emplace_back(l.hf_path, l.rank, detail::exported_alpha(l.rank, l.alpha, l.scale, rslora));
+    if (!l.target.empty()) targets.insert(l.target);
+    c.fan_in_fan_out |= l.conv1d;
   }
+  for (const auto& l : adapters.layers()) attention |= !detail::attention_of(l.path).empty();
 
   // target_modules: the Config's own names when they mean the same in HF (identity mapping,
   // plain names: PEFT matches them as inject() does), else the adapted layers' full HF paths
-  // (also with Config::exclude: exclude_modules exists in PEFT >= 0.14 only).
+  // (also with Config::exclude: exclude_modules exists in PEFT >= 0.14 only). An attention is
+  // named by its own path (PEFT then adapts its in_proj and out_proj).
   const bool identity = !options.mapping.to_hf;
-  bool plain = identity && cfg.exclude.empty();
+  bool plain = identity && cfg.exclude.empty() && !attention;
   for (const auto& t : cfg.targets) plain &= t != "all-linear" && !detail::starts_with(t, "re:");
   if (plain) {
     c.target_modules = cfg.targets;
   } else {
-    c.target_modules.assign(hf_paths.begin(), hf_paths.end());
+    c.target_modules.assign(targets.begin(), targets.end());
   }
 
   // Patterns: the user's own when they mean the same in HF (identity mapping, alpha as
   // configured, no "re:" target: those come from load(), whose keys are escaped paths; checked
   // below layer by layer); else one full-path key per layer that differs from r / lora_alpha.
-  bool hint = identity;
+  bool hint = identity && !attention;
   for (const auto& t : cfg.targets) hint &= !detail::starts_with(t, "re:");
   for (const auto& l : adapters.layers())
     hint &= detail::same_number(detail::exported_alpha(l.rank, l.alpha, l.scale, rslora), l.alpha);
@@ -176,19 +180,17 @@ inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& op
   return c;
 }
 
-/// The tensors save() writes: "base_model.model.<HF path>.lora_A.weight", ".lora_B.weight",
+/// The tensors save() writes: "base_model.model.<HF path>.lora_A.weight", ".lora_B.weight"
+/// (Embedding: ".lora_embedding_A", ".lora_embedding_B"; an attention's in_proj under the
+/// attention's path, its out_proj under "<attention>.base_layer.out_proj": detail/peft_layout.hpp),
 /// a variant's own (DoRA: ".lora_magnitude_vector"), and each kept-trainable parameter under
 /// "base_model.model.<HF module path>.<param>" (PEFT strips "modules_to_save.<adapter>." on save).
 inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters& adapters,
                                                                  const SaveOptions& options = {}) {
   const Config& cfg = adapters.config();
   torch::OrderedDict<std::string, torch::Tensor> out;
-  const auto state = adapters.state_dict();
-  for (const auto& l : adapters.layers()) {
-    const auto hf = std::string(kPrefix) + options.mapping.hf_path(l.path);
-    for (const auto& t : lora::detail::all_adapter_tensors())
-      if (const auto* found = state.find(l.path + "." + t.key)) out.insert(hf + "." + t.key, *found);
-  }
+  for (const auto& l : detail::peft_layers(adapters, options.mapping, cfg.scaling.is_rslora))
+    for (const auto& [key, t] : l.tensors) out.insert(std::string(kPrefix) + l.hf_path + "." + key, t.detach());
   for (const auto& [path, t] : adapters.kept_parameters()) {
     const auto module = detail::kept_module(path, cfg.keep_trainable);
     out.insert(std::string(kPrefix) + options.mapping.hf_path(module) + path.substr(module.size()), t.detach());

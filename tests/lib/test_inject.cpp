@@ -125,7 +125,7 @@ TEST_CASE("inject on a lora::Linear model: layers, freezing, trainable parameter
   auto before = net->forward(x).detach();
   auto adapters = lora::inject(net, config());
   REQUIRE(adapters.layers().size() == 9);  // 2 x (q, v, lin1, lin2) + classifier
-  for (const auto& l : adapters.layers()) CHECK(l.kind == lora::LayerKind::lora_linear);
+  for (const auto& l : adapters.layers()) CHECK(l.kind == lora::LayerKind::drop_in);
   CHECK(adapters.layers()[0].path == "layer.0.q_lin");
   CHECK(adapters.layers()[0].scale == Approx(2.0));
   // r (in + out) per layer.
@@ -147,7 +147,7 @@ TEST_CASE("inject on a plain torch::nn model: Linear members, Sequential, Module
   auto before = net->forward(x).detach();
   auto adapters = lora::inject(net, config());
   REQUIRE(adapters.layers().size() == 9);
-  for (const auto& l : adapters.layers()) CHECK(l.kind == lora::LayerKind::torch_linear);
+  for (const auto& l : adapters.layers()) CHECK(l.kind == lora::LayerKind::reparametrized);
   CHECK(adapters.layers().back().path == "head.1");
   REQUIRE(torch::equal(net->forward(x), before));  // B = 0: exactly the base
   // The base stays the registered "weight": state dicts and checkpoints see W0.
@@ -424,13 +424,14 @@ TEST_CASE("errors: bad targets name the closest layers, bad ranks and alphas are
       CHECK(msg.find("layer.0.q_lin") != std::string::npos);
     }
   }
-  SECTION("a target that is not a Linear") {
+  SECTION("a target that is not a layer LoRA can adapt") {
     cfg.targets = {"norm"};
     try {
       lora::inject(net, cfg);
       FAIL("no error");
     } catch (const lora::TargetError& e) {
-      CHECK(std::string(e.what()).find("not a Linear") != std::string::npos);
+      CHECK(std::string(e.what()).find("not a layer LoRA can adapt") != std::string::npos);
+      CHECK(std::string(e.what()).find("Linear, Embedding, Conv1d, Conv2d, Conv3d") != std::string::npos);
     }
   }
   SECTION("a misspelt exclude") {

@@ -427,7 +427,7 @@ TEST_CASE("peft: broken or mismatched adapter folders give their error and leave
     edit_config([](json& c) { c["target_modules"] = json::array({"q_lin", "head"}); });
     CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "v_lin"));
     edit_config([](json& c) { c["target_modules"].push_back("norm"); });
-    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "not a Linear"));
+    CHECK(contains(error_of<lora::ConfigError>([&] { lora::peft::load(*model, bad.string()); }), "not a layer LoRA can adapt"));
   }
   SECTION("a modules_to_save tensor of the wrong shape, or one the model lacks") {
     edit_tensors([&](auto& t) { t["base_model.model.norm.weight"] = torch::ones({15}); });
@@ -741,7 +741,7 @@ TEST_CASE("peft: plain torch::nn::Linear models (the compatibility path) save an
       if (p.key().find("lora_") == std::string::npos) p.value().copy_(src[p.key()]);
   }
   auto b = lora::peft::load(*fresh, dir.string());
-  CHECK(b.layers()[0].kind == lora::LayerKind::torch_linear);
+  CHECK(b.layers()[0].kind == lora::LayerKind::reparametrized);
   CHECK(lora_test::allclose(fresh->forward(x), y, 0, 0, "plain-Linear round trip"));
   fs::remove_all(dir);
 }

@@ -15,6 +15,7 @@
 #include <torch/utils.h>
 
 #include <lora/inject.hpp>
+#include <lora/linear.hpp>
 
 #include <nlohmann/json.hpp>
 

@@ -67,6 +67,10 @@ inline lora::Config to_lora_config(const Options& o, const Point& p) {
   // As the seed study (and PEFT): a rank above a layer's min(in, out) is allowed, e.g. r = 128
   // on DistilBERT's 768 -> 4 classifier (PiSSA/OLoRA still refuse it).
   c.allow_rank_above_min = true;
+  // The study's lm_head experiment adapts GPT-2's lm_head alone, whose weight is wte's (tied):
+  // the adapter acts at the output only (PEFT's behaviour without ensure_weight_tying), as the
+  // seed's probable setting; the library refuses that unless asked.
+  c.allow_untied_weights = true;
   return c;
 }
 

@@ -1,7 +1,9 @@
 // The adapters of one layer (AdapterBank): creates each named adapter with its init policy,
 // registers its tensors on the layer, keeps which adapters are active, merged and enabled,
-// and merges and unmerges them, each as its variant says (detail/variant.hpp).
-// lora::Linear and the compatibility path (parametrization.hpp) each own one.
+// and merges and unmerges them, each as its variant says (detail/variant.hpp), on its layer
+// kind's view of the weight (detail/kind.hpp). Every layer that carries adapters owns one
+// (detail/adapter_host.hpp): the drop-in layers, and each weight (or slice) of a plain torch::nn
+// layer on the compatibility path (parametrization.hpp).
 #pragma once
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -23,34 +25,42 @@
 namespace lora::detail {
 
 /// The adapters of one layer, registered on that layer (the owner) as submodules "lora_A",
-/// "lora_B" (and a variant's own, e.g. "lora_magnitude_vector"), each with one child per
-/// adapter name holding "weight".
+/// "lora_B" (Embedding: "lora_embedding_A", "lora_embedding_B"; and a variant's own, e.g.
+/// "lora_magnitude_vector"), each with one child per adapter name holding "weight".
 class AdapterBank {
  public:
-  /// Creates adapter `name` on `owner`, whose base weight is `weight` (out, in). Policies
-  /// that change the base (PiSSA, OLoRA) rewrite `weight` in place.
+  /// Creates adapter `name` on `owner` (where its tensors are registered), for a layer of kind
+  /// `kind` whose base weight is `weight`. The init policy fills A and B as matrices on the
+  /// kind's matrix view of `weight` (detail/kind.hpp); policies that change the base (PiSSA,
+  /// OLoRA) rewrite that view in place.
   Adapter& add(torch::nn::Module& owner, const std::string& layer_path, const std::string& name,
-               const AdapterSpec& spec, torch::Tensor weight) {
+               const AdapterSpec& spec, torch::Tensor weight, std::shared_ptr<const Kind> kind) {
     check_name(layer_path, name);
-    const auto out = weight.size(0), in = weight.size(1);
+    const auto view = kind->view();
+    const auto M = view.of(weight.detach());  // (out, in) as a matrix
+    const auto out = M.size(0), in = M.size(1);
     InitContext ctx;
     ctx.A = torch::zeros({spec.rank, in}, torch::kFloat);
     ctx.B = torch::zeros({out, spec.rank}, torch::kFloat);
-    ctx.weight = weight.detach().to(torch::kCPU, torch::kFloat).clone();
+    ctx.weight = M.to(torch::kCPU, torch::kFloat).contiguous().clone();
     ctx.scale = spec.scale;
     ctx.rank = spec.rank;
+    ctx.embedding = kind->embedding();
     ctx.generator = at::detail::createCPUGenerator(spec.seed);
+    const auto M0 = spec.init.changes_base ? ctx.weight.clone() : ctx.weight;
     spec.init.apply(ctx);
     if (ctx.A.sizes() != torch::IntArrayRef{spec.rank, in} || ctx.B.sizes() != torch::IntArrayRef{out, spec.rank})
       throw ConfigError(str("lora: init policy '", spec.init.name, "' changed the shape of A or B on layer '",
                                     layer_path, "' (A ", ctx.A.sizes(), ", B ", ctx.B.sizes(),
                                     "); it must fill them in place."));
+    kind->after_init(ctx.A, ctx.B, ctx.weight, M0);
 
     const auto opts = weight.options().requires_grad(false);
     Adapter a;
     a.variant = &variant_for(spec.use_dora);
-    a.A = ctx.A.to(opts).set_requires_grad(true);
-    a.B = ctx.B.to(opts).set_requires_grad(true);
+    a.kind = std::move(kind);
+    a.A = ctx.A.reshape(a.kind->a_shape(spec.rank, in)).to(opts).set_requires_grad(true);
+    a.B = ctx.B.reshape(a.kind->b_shape(out, spec.rank)).to(opts).set_requires_grad(true);
     a.rank = spec.rank;
     a.alpha = spec.alpha;
     a.scale = spec.scale;
@@ -58,9 +68,9 @@ class AdapterBank {
     a.variant->init(a, ctx, opts);
     if (spec.init.changes_base) {
       torch::NoGradGuard no_grad;
-      weight.copy_(ctx.weight);
+      view.of(weight).copy_(ctx.weight);
     }
-    for (const auto& t : a.variant->tensors()) {
+    for (const auto& t : a.variant->tensors(*a.kind)) {
       auto& tensor = a.*t.member;
       holder(owner, t.holder)->register_module(name, weight_holder(tensor));
       // Keep the registered tensor as the one we hold (register_parameter may wrap it).
@@ -74,7 +84,7 @@ class AdapterBank {
   void remove(torch::nn::Module& owner, const std::string& name, torch::Tensor weight) {
     auto& a = get(name);
     if (a.merged) unmerge(weight, name);
-    for (const auto& t : a.variant->tensors()) holder(owner, t.holder)->unregister_module(name);
+    for (const auto& t : a.variant->tensors(*a.kind)) holder(owner, t.holder)->unregister_module(name);
     adapters_.erase(name);
     active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
   }

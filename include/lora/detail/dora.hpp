@@ -28,7 +28,7 @@ class Dora final : public Variant {
   const char* option() const override { return "use_dora"; }
   std::vector<AdapterTensor> extra_tensors() const override {
     return {{kMagnitude, kMagnitude, &Adapter::magnitude,
-             [](int64_t out, int64_t, int64_t) { return std::vector<int64_t>{out}; }}};
+             [](int64_t out, int64_t, int64_t) { return std::vector<int64_t>{out}; }}};  // (out)
   }
 
   void init(Adapter& a, const InitContext& ctx, const torch::TensorOptions& options) const override {

@@ -129,19 +129,24 @@ inline void check_selection(torch::nn::Module& model, const HfMapping& mapping, 
       // PEFT matches list entries against every module and refuses non-Linear ones too.
       if (!pc.target_modules_regex.empty()) continue;
       throw ConfigError(str("PEFT adapter config '", config_path, "': target_modules selects '", hf,
-                            "', which is not a Linear layer of this model (", module->name(),
+                            "', which is not a layer LoRA can adapt in this model (", module->name(),
                             "). The adapter is for another model."));
     }
     if (!per_layer.count(hf))
       throw FileError(str("PEFT adapter '", dir, "': target_modules selects layer '", hf, "' but ", kWeightsFile,
                           " has no tensors for it. The two files do not belong together."));
   }
-  for (const auto& kv : per_layer)
-    if (!detail::peft_selects(pc.target_modules, pc.target_modules_regex, kv.first, "target_modules") ||
-        detail::peft_selects(pc.exclude_modules, pc.exclude_modules_regex, kv.first, "exclude_modules"))
+  for (const auto& kv : per_layer) {
+    // An attention's out_proj (PEFT's "<attention>.base_layer.out_proj") comes with the attention.
+    const std::string wrapped = ".base_layer.out_proj";
+    const auto& selected = detail::ends_with(kv.first, wrapped) ? kv.first.substr(0, kv.first.size() - wrapped.size())
+                                                                : kv.first;
+    if (!detail::peft_selects(pc.target_modules, pc.target_modules_regex, selected, "target_modules") ||
+        detail::peft_selects(pc.exclude_modules, pc.exclude_modules_regex, selected, "exclude_modules"))
       throw ConfigError(str("PEFT adapter '", dir, "': ", kWeightsFile, " has tensors for layer '", kv.first,
                             "', which target_modules ", pc.target_modules_regex.empty() ? "" : "(a regex) ",
                             "does not select. The two files do not belong together."));
+  }
 }
 
 /// Adapter tensors must be floating point: ShapeError otherwise.

@@ -1,7 +1,8 @@
 // LoRA variants: what an adapter does beyond plain LoRA, behind one interface (as PEFT's
-// LoraVariant). Every adapter has A (r, in) and B (out, r); its variant says which tensors it
-// adds and how it creates them, how forward() applies the adapter, and how the adapter merges
-// into the base weight and comes back out. The code that creates, runs, merges and saves
+// LoraVariant). Every adapter has A and B (their shapes and names are its layer kind's:
+// detail/kind.hpp); its variant says which tensors it adds and how it creates them, how
+// forward() applies the adapter, and how the adapter merges into the base weight and comes back
+// out. The code that creates, runs, merges and saves
 // adapters (AdapterBank, lora::Linear, lora::Adapters, lora::peft) asks the adapter's variant
 // instead of knowing any. Plain LoRA is PlainLora below; DoRA is detail/dora.hpp;
 // detail/variants.hpp lists the variants and picks one from the options.
@@ -16,6 +17,7 @@
 #include "../adapter.hpp"
 #include "../functional.hpp"
 #include "../init.hpp"
+#include "kind.hpp"
 
 namespace lora::detail {
 
@@ -28,14 +30,15 @@ struct AdapterTensor {
   const char* key;
   /// Where the Adapter holds it.
   torch::Tensor Adapter::*member;
-  /// Its shape on a layer (out, in) for rank r.
-  std::vector<int64_t> (*shape)(int64_t out, int64_t in, int64_t rank);
+  /// A variant's own tensor: its shape for rank r on a layer whose matrix view is (out, in)
+  /// (A's and B's shapes are their kind's: Kind::a_shape, b_shape).
+  std::vector<int64_t> (*shape)(int64_t out, int64_t in, int64_t rank) = nullptr;
 };
 
-/// What lora::Linear::forward() hands each adapter's variant.
+/// What a drop-in layer's forward() hands each adapter's variant.
 struct ForwardInput {
-  torch::Tensor x;       ///< the layer's input (..., in)
-  torch::Tensor weight;  ///< the base weight W (out, in)
+  torch::Tensor x;       ///< the layer's input (Linear: (..., in))
+  torch::Tensor weight;  ///< the base weight W (Linear: (out, in))
   torch::Tensor base;    ///< x W^T (..., out), no bias; defined only if an adapter needs_base_output()
   bool training = false;
 };
@@ -53,11 +56,11 @@ class Variant {
   virtual const char* option() const = 0;
   /// The tensors it adds to each adapter besides A and B.
   virtual std::vector<AdapterTensor> extra_tensors() const { return {}; }
-  /// Every tensor of its adapters: A, B, then extra_tensors().
-  std::vector<AdapterTensor> tensors() const {
-    std::vector<AdapterTensor> out = {
-        {"lora_A", "lora_A.weight", &Adapter::A, [](int64_t, int64_t in, int64_t r) { return std::vector<int64_t>{r, in}; }},
-        {"lora_B", "lora_B.weight", &Adapter::B, [](int64_t out, int64_t, int64_t r) { return std::vector<int64_t>{out, r}; }}};
+  /// Every tensor of its adapters on a layer of kind `kind`: A, B (named as the kind names
+  /// them), then extra_tensors().
+  std::vector<AdapterTensor> tensors(const Kind& kind) const {
+    const auto n = kind.names();
+    std::vector<AdapterTensor> out = {{n.a_holder, n.a_key, &Adapter::A}, {n.b_holder, n.b_key, &Adapter::B}};
     for (const auto& t : extra_tensors()) out.push_back(t);
     return out;
   }
@@ -88,27 +91,31 @@ class Variant {
   virtual void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& record) const = 0;
 };
 
-/// Plain LoRA: adds s (dropout(x) A^T) B^T to the output; merges as W <- W + s B A.
+/// Plain LoRA: adds its kind's branch to the output (Linear: s (dropout(x) A^T) B^T); merges as
+/// M <- M + s B A on its kind's matrix view M of the weight (Linear: W <- W + s B A).
 class PlainLora final : public Variant {
  public:
   const char* name() const override { return ""; }
   const char* option() const override { return ""; }
 
   torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
-    return functional::add_lora(y, in.x, a.A, a.B, a.scale, a.dropout, in.training);
+    return a.kind->add_branch(a, y, in.x, in.training);
   }
+  /// Linear layers only (lora::Linear calls it): base and branch in one autograd node.
   torch::Tensor forward_first(const Adapter& a, const ForwardInput& in, const torch::Tensor& bias) const override {
     return functional::lora_linear(in.x, in.weight, bias, a.A, a.B, a.scale, a.dropout, in.training);
   }
 
   torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const override {
     torch::NoGradGuard no_grad;
-    weight.add_(a.delta_weight().to(weight.dtype()));
+    auto m = a.kind->view().of(weight);
+    m.add_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
     return {};
   }
   void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& /*record*/) const override {
     torch::NoGradGuard no_grad;
-    weight.sub_(a.delta_weight().to(weight.dtype()));
+    auto m = a.kind->view().of(weight);
+    m.sub_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
   }
 };
 

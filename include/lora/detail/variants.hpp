@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "../kinds/embedding.hpp"
+#include "../kinds/linear.hpp"
 #include "dora.hpp"
 #include "variant.hpp"
 
@@ -34,12 +36,17 @@ inline const std::vector<const Variant*>& variants() {
 /// use_dora): DoRA, else plain LoRA.
 inline const Variant& variant_for(bool use_dora) { return use_dora ? dora() : plain_lora(); }
 
-/// Every tensor some variant gives an adapter, each holder once (A, B, then the variants'
-/// own): for the code that names adapter tensors without an adapter at hand.
+/// Every tensor some variant gives an adapter on some kind of layer, each holder once (A and B
+/// as lora_A / lora_B and as lora_embedding_A / lora_embedding_B, then the variants' own): for
+/// the code that names adapter tensors without an adapter at hand.
 inline std::vector<AdapterTensor> all_adapter_tensors() {
   std::vector<AdapterTensor> out;
+  for (const auto& n : {kinds::Linear().names(), kinds::Embedding().names()}) {
+    out.push_back({n.a_holder, n.a_key, &Adapter::A});
+    out.push_back({n.b_holder, n.b_key, &Adapter::B});
+  }
   for (const Variant* v : variants())
-    for (const auto& t : v->tensors())
+    for (const auto& t : v->extra_tensors())
       if (std::none_of(out.begin(), out.end(), [&](const AdapterTensor& o) { return std::strcmp(o.holder, t.holder) == 0; }))
         out.push_back(t);
   return out;

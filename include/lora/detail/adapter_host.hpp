@@ -1,0 +1,109 @@
+// What every layer that carries adapters offers, implemented once: the drop-in layers
+// (lora::Linear, lora::Embedding, lora::Conv1d/2d/3d) and, on the compatibility path, each
+// adapted weight or weight slice of a plain torch::nn layer (parametrization.hpp). A host owns
+// the layer's AdapterBank and says where adapter tensors are registered, which tensor merges
+// write into, the layer's kind, and what must happen after a change (the compatibility path
+// recomputes the effective weight).
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../adapter.hpp"
+#include "adapter_bank.hpp"
+#include "kind.hpp"
+
+namespace lora::detail {
+
+/// Every check of adapter `spec` on the layer at `path` of kind `kind` with base weight `weight`,
+/// in one place (the layer's own options, then check_adapter_spec); `reparametrized`: the
+/// compatibility path. inject() runs it on every selected layer before changing any.
+inline void check_layer_spec(const AdapterSpec& spec, const std::string& path, const Kind& kind,
+                             const torch::Tensor& weight, bool reparametrized) {
+  if (const auto why = kind.unsupported(reparametrized); !why.empty())
+    throw ConfigError(str("lora: layer '", path, "' (", kind.name(), ") cannot carry a LoRA adapter: ", why,
+                          ". Exclude it (Config::exclude) or target other layers."));
+  const auto M = kind.view().of(weight);
+  check_adapter_spec(spec, path, kind, M.size(1), M.size(0), reparametrized);
+}
+
+class AdapterHost {
+ public:
+  virtual ~AdapterHost() = default;
+
+  /// Adds adapter `name`, created as `spec` says (rank, scale, init, variant, ...). `path` names
+  /// the layer in error messages. Throws ConfigError for a spec that does not fit the layer;
+  /// then nothing has changed.
+  const Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
+    const auto& where = path.empty() ? host_name() : path;
+    check(spec, where);
+    auto& a = bank_.add(adapter_owner(), where, name, spec, base_weight(), kind());
+    sync();
+    return a;
+  }
+  /// Every check add_adapter() makes, without adding (inject() checks all layers first).
+  void check(const AdapterSpec& spec, const std::string& path) const {
+    check_layer_spec(spec, path, *kind(), base_weight(), reparametrized());
+  }
+  void remove_adapter(const std::string& name) {
+    bank_.remove(adapter_owner(), name, base_weight());
+    sync();
+  }
+  /// Merges adapter `name` (or every active one) into the base weight; forward() then skips it.
+  void merge(const std::string& name = "") {
+    bank_.merge(base_weight(), name);
+    sync();
+  }
+  /// Takes adapter `name` (or every merged one) back out of the base weight.
+  void unmerge(const std::string& name = "") {
+    bank_.unmerge(base_weight(), name);
+    sync();
+  }
+  /// false: forward() is exactly the base layer (merged adapters are unmerged first).
+  void set_adapters_enabled(bool on) {
+    bank_.set_enabled(on, base_weight());
+    sync();
+  }
+  void set_active_adapters(const std::vector<std::string>& names) {
+    bank_.set_active(names);
+    sync();
+  }
+
+  bool has_adapter(const std::string& name) const { return bank_.has(name); }
+  /// Adapter `name`; throws ConfigError, listing the names there are, if there is none.
+  const Adapter& adapter(const std::string& name) const { return bank_.get(name); }
+  /// Every adapter's name, sorted.
+  std::vector<std::string> adapter_names() const { return bank_.names(); }
+  /// The adapters forward() uses, in order (new adapters are active).
+  const std::vector<std::string>& active_adapters() const { return bank_.active(); }
+  /// Whether forward() adds any adapter on top of the base weight (active, unmerged, enabled).
+  bool has_pending_adapters() const { return !bank_.pending().empty(); }
+  /// The weight forward() effectively uses: the base weight with every pending adapter merged
+  /// in as merge() would, computed on a copy (nothing changes). For exports.
+  torch::Tensor merged_weight() const { return bank_.merged_weight(base_weight()); }
+  /// The layer's kind (detail/kind.hpp).
+  virtual std::shared_ptr<const Kind> kind() const = 0;
+  /// true on the compatibility path: the adapters re-parametrize a plain torch::nn layer's weight.
+  virtual bool reparametrized() const { return false; }
+  /// Recomputes what depends on the adapters (the compatibility path's effective weight).
+  virtual void sync() {}
+
+ protected:
+  /// The module the adapters' tensors are registered on.
+  virtual torch::nn::Module& adapter_owner() = 0;
+  /// The base weight (the registered parameter): merges write into it.
+  virtual torch::Tensor base_weight() const = 0;
+  /// The layer's name in error messages when add_adapter() is given no path.
+  virtual std::string host_name() const { return "lora::" + kind()->name(); }
+
+  const AdapterBank& bank() const { return bank_; }
+
+ private:
+  AdapterBank bank_;
+};
+
+}  // namespace lora::detail
