@@ -33,6 +33,17 @@ inline fs::path shared_dir() {
 inline fs::path fixture(const std::string& name) { return shared_dir() / "fixtures" / name; }
 inline fs::path data(const std::string& name) { return shared_dir() / "data" / name; }
 
+/// A fixture committed with the tests (tests/fixtures/<name>: small copies of shared fixtures
+/// made by scripts/make-test-fixtures.sh, see tests/fixtures/README.md). It is part of every
+/// clone, so a test that uses it fails, never skips, when it is absent.
+inline fs::path committed_fixture(const std::string& name) {
+  const auto p = fs::path(LORA_COMMITTED_FIXTURES_DIR) / name;
+  if (!fs::exists(p))
+    FAIL("the committed fixture " << p.string() << " is absent. It belongs to the repository (tests/fixtures/): "
+                                  << "restore it with git, or rebuild it with scripts/make-test-fixtures.sh.");
+  return p;
+}
+
 /// Under CI (CI=true or CI=1) a missing data file is a failure, not a skip: the CI machine is
 /// meant to have the shared folder, and a test that silently does not run there proves nothing.
 inline bool missing_data_fails() {

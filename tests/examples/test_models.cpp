@@ -59,6 +59,7 @@ template <typename Run>
 void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
   const auto tol = tolerance(expected);
   const std::string fixture = expected["fixture"];
+  REQUIRE_FALSE(expected["cases"].empty());
   torch::NoGradGuard no_grad;
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
@@ -74,11 +75,11 @@ void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
   }
 }
 
-/// Every case of a GPT-2 fixture: logits, batch loss, perplexity, per-sequence loss.
-void check_gpt2_fixture(const std::string& fixture) {
-  const auto dir = lora_test::fixture(fixture);
-  LORA_REQUIRE_PATH(dir);
+/// Every case of the GPT-2 fixture in `dir`: logits, and where the fixture has them (not in the
+/// committed copies, whose vocabulary is cut down) batch loss, perplexity, per-sequence loss.
+void check_gpt2_fixture(const fs::path& dir) {
   const auto expected = read_json(dir / "expected.json");
+  const std::string fixture = expected["fixture"];
   const auto tol = tolerance(expected);
   auto m = models::load_gpt2(dir.string());
   const auto& report = m.report;
@@ -92,12 +93,14 @@ void check_gpt2_fixture(const std::string& fixture) {
 
   m.model->eval();
   torch::NoGradGuard no_grad;
+  REQUIRE_FALSE(expected["cases"].empty());
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
     const auto ids = json_tensor(c["input_ids"], torch::kLong);
-    const auto labels = json_tensor(c["labels"], torch::kLong);
     const auto logits = m.model(ids, optional_json_tensor(c["attention_mask"], torch::kLong));
     CHECK(lora_test::allclose(logits, json_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
+    if (!c.contains("loss")) continue;
+    const auto labels = json_tensor(c["labels"], torch::kLong);
 
     const double loss = models::causal_lm_loss(logits, labels).item<double>();
     CHECK(scalar_close(loss, c["loss"], tol, name + " loss"));
@@ -159,11 +162,9 @@ models::GPT2Config tiny_gpt2() {
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
-}  // namespace
-
-TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_tiny", "[models][distilbert]") {
-  const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
-  LORA_REQUIRE_PATH(dir);
+/// The DistilBERT sequence-classification fixture in `dir` (shared or committed): loading and
+/// every case's outputs.
+void check_distilbert_seqcls(const fs::path& dir) {
   const auto expected = read_json(dir / "expected.json");
   auto m = models::load_distilbert(dir.string(), 0, 1);
   CHECK(m.config.num_labels == 4);
@@ -173,6 +174,19 @@ TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_ti
   m.model->eval();
   check_distilbert_cases(
       expected, [&](const auto& ids, const auto& mask) { return m.model(ids, mask); }, true);
+}
+
+}  // namespace
+
+TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_tiny", "[models][distilbert]") {
+  const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_distilbert_seqcls(dir);
+}
+
+TEST_CASE("DistilBERT matches HF on the committed fixture (tests/fixtures, no shared data needed)",
+          "[models][distilbert][committed]") {
+  check_distilbert_seqcls(lora_test::committed_fixture("distilbert_seqcls_tiny"));
 }
 
 TEST_CASE("DistilBERT masked LM matches HF on distilbert_mlm_layout_tiny", "[models][distilbert]") {
@@ -266,11 +280,19 @@ TEST_CASE("DistilBERT attention mask hides padded keys", "[models][distilbert]")
 }
 
 TEST_CASE("GPT-2 matches HF on gpt2_hub_layout_tiny (bare keys, attn.bias buffers)", "[models][gpt2]") {
-  check_gpt2_fixture("gpt2_hub_layout_tiny");
+  const auto dir = lora_test::fixture("gpt2_hub_layout_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_gpt2_fixture(dir);
 }
 
 TEST_CASE("GPT-2 matches HF on distilgpt2_layout_tiny (transformer. prefix)", "[models][gpt2]") {
-  check_gpt2_fixture("distilgpt2_layout_tiny");
+  const auto dir = lora_test::fixture("distilgpt2_layout_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_gpt2_fixture(dir);
+}
+
+TEST_CASE("GPT-2 matches HF on the committed fixture (tests/fixtures, no shared data needed)", "[models][gpt2][committed]") {
+  check_gpt2_fixture(lora_test::committed_fixture("gpt2_hub_layout_tiny"));
 }
 
 TEST_CASE("GPT-2 attention is causal", "[models][gpt2]") {
