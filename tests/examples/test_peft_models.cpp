@@ -280,9 +280,12 @@ TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][
   // A folder that is no adapter: exit code 1, the reason on stderr, nothing on stdout.
   const auto tmp = temp_dir("inspect_bad");
   std::ofstream(tmp / "input.json") << json{{"input_ids", {{1, 2, 3}}}}.dump();
-  const auto run = inspect("forward --model-dir " + dir.string() + " --input " + (tmp / "input.json").string() +
-                           " --adapter " + (tmp / "nope").string() + " 2>/dev/null");
-  CHECK(run.status != 0);
+  const auto run = lora_test::run_program_stderr(std::string(LORA_INSPECT_PATH) + " forward --model-dir " + dir.string() +
+                                                 " --input " + (tmp / "input.json").string() + " --adapter " +
+                                                 (tmp / "nope").string());
+  INFO(run.err);
+  CHECK(run.exit_code() == 1);
   CHECK(run.out.empty());
+  CHECK(lora_test::contains(run.err, (tmp / "nope").string()));  // the message names the folder
   fs::remove_all(tmp);
 }
