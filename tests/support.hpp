@@ -2,6 +2,7 @@
 // comparisons that report the largest difference (as llm.c's test_gpt2 does).
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lora/error.hpp>
@@ -32,6 +33,17 @@ inline fs::path shared_dir() {
 }
 inline fs::path fixture(const std::string& name) { return shared_dir() / "fixtures" / name; }
 inline fs::path data(const std::string& name) { return shared_dir() / "data" / name; }
+
+/// A fixture committed with the tests (tests/fixtures/<name>: small copies of shared fixtures
+/// made by scripts/make-test-fixtures.sh, see tests/fixtures/README.md). It is part of every
+/// clone, so a test that uses it fails, never skips, when it is absent.
+inline fs::path committed_fixture(const std::string& name) {
+  const auto p = fs::path(LORA_COMMITTED_FIXTURES_DIR) / name;
+  if (!fs::exists(p))
+    FAIL("the committed fixture " << p.string() << " is absent. It belongs to the repository (tests/fixtures/): "
+                                  << "restore it with git, or rebuild it with scripts/make-test-fixtures.sh.");
+  return p;
+}
 
 /// Under CI (CI=true or CI=1) a missing data file is a failure, not a skip: the CI machine is
 /// meant to have the shared folder, and a test that silently does not run there proves nothing.
@@ -66,10 +78,14 @@ inline bool available(const fs::path& p) {
     if (!::lora_test::available(path)) return; \
   } while (0)
 
-/// What a program printed on stdout, and how it ended (pclose()'s status: 0 on success).
+/// What a program printed on stdout (and on stderr, for run_program_stderr), and how it ended
+/// (pclose()'s status: 0 on success).
 struct ProgramRun {
   int status = -1;
-  std::string out;
+  std::string out, err;
+  /// The exit code, or -1 if the command did not run or end normally. A shell that cannot run the
+  /// program exits with 126 or 127: a test of an error exit checks the code, not just "not 0".
+  int exit_code() const { return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 };
 
 /// Runs a shell command line, capturing its stdout (stderr goes to the test log).
@@ -112,6 +128,15 @@ inline fs::path temp_dir(const std::string& tag) {
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
+}
+
+/// run_program with stderr captured too, in `err` (the command must not redirect stderr itself).
+inline ProgramRun run_program_stderr(const std::string& command) {
+  const auto dir = temp_dir("stderr");
+  auto r = run_program(command + " 2>" + (dir / "stderr.txt").string());
+  r.err = read_text(dir / "stderr.txt");
+  fs::remove_all(dir);
+  return r;
 }
 
 /// A file `name` holding `content` (written as bytes), alone in a fresh folder of its own.

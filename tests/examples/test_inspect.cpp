@@ -65,12 +65,21 @@ TEST_CASE("lora_inspect tensors and tokenize", "[inspect]") {
   fs::remove_all(texts.parent_path());
 }
 
-TEST_CASE("lora_inspect fails clearly: non-zero exit, message on stderr, nothing on stdout", "[inspect]") {
-  auto r = inspect("tensors /nonexistent/model.safetensors 2>/dev/null");
-  CHECK(r.status != 0);
+TEST_CASE("lora_inspect fails clearly: exit code 1, message on stderr, nothing on stdout", "[inspect]") {
+  // Exit code 1 and a message naming the file: a shell that could not start the program (126,
+  // 127) would not pass for it.
+  auto r = lora_test::run_program_stderr(std::string(LORA_INSPECT_PATH) + " tensors /nonexistent/model.safetensors");
+  INFO(r.err);
+  CHECK(r.exit_code() == 1);
   CHECK(r.out.empty());
-  r = inspect("forward --model-dir /nonexistent --input /nonexistent.json 2>/dev/null");
-  CHECK(r.status != 0);
+  CHECK(lora_test::contains(r.err, "lora_inspect: "));
+  CHECK(lora_test::contains(r.err, "/nonexistent/model.safetensors"));
+  r = lora_test::run_program_stderr(std::string(LORA_INSPECT_PATH) +
+                                    " forward --model-dir /nonexistent --input /nonexistent.json");
+  INFO(r.err);
+  CHECK(r.exit_code() == 1);
+  CHECK(r.out.empty());
+  CHECK(lora_test::contains(r.err, "/nonexistent"));
 }
 
 TEST_CASE("lora_inspect ppl on a GPT-2 checkpoint", "[inspect]") {

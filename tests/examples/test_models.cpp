@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 
 #include "support.hpp"
 
@@ -59,6 +60,7 @@ template <typename Run>
 void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
   const auto tol = tolerance(expected);
   const std::string fixture = expected["fixture"];
+  REQUIRE_FALSE(expected["cases"].empty());
   torch::NoGradGuard no_grad;
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
@@ -74,11 +76,11 @@ void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
   }
 }
 
-/// Every case of a GPT-2 fixture: logits, batch loss, perplexity, per-sequence loss.
-void check_gpt2_fixture(const std::string& fixture) {
-  const auto dir = lora_test::fixture(fixture);
-  LORA_REQUIRE_PATH(dir);
+/// Every case of the GPT-2 fixture in `dir`: logits, and where the fixture has them (not in the
+/// committed copies, whose vocabulary is cut down) batch loss, perplexity, per-sequence loss.
+void check_gpt2_fixture(const fs::path& dir) {
   const auto expected = read_json(dir / "expected.json");
+  const std::string fixture = expected["fixture"];
   const auto tol = tolerance(expected);
   auto m = models::load_gpt2(dir.string());
   const auto& report = m.report;
@@ -92,12 +94,14 @@ void check_gpt2_fixture(const std::string& fixture) {
 
   m.model->eval();
   torch::NoGradGuard no_grad;
+  REQUIRE_FALSE(expected["cases"].empty());
   for (const auto& c : expected["cases"]) {
     const std::string name = fixture + "/" + c["name"].get<std::string>();
     const auto ids = json_tensor(c["input_ids"], torch::kLong);
-    const auto labels = json_tensor(c["labels"], torch::kLong);
     const auto logits = m.model(ids, optional_json_tensor(c["attention_mask"], torch::kLong));
     CHECK(lora_test::allclose(logits, json_tensor(c["logits"], torch::kFloat), tol.rtol, tol.atol, name + " logits"));
+    if (!c.contains("loss")) continue;
+    const auto labels = json_tensor(c["labels"], torch::kLong);
 
     const double loss = models::causal_lm_loss(logits, labels).item<double>();
     CHECK(scalar_close(loss, c["loss"], tol, name + " loss"));
@@ -159,11 +163,9 @@ models::GPT2Config tiny_gpt2() {
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
-}  // namespace
-
-TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_tiny", "[models][distilbert]") {
-  const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
-  LORA_REQUIRE_PATH(dir);
+/// The DistilBERT sequence-classification fixture in `dir` (shared or committed): loading and
+/// every case's outputs.
+void check_distilbert_seqcls(const fs::path& dir) {
   const auto expected = read_json(dir / "expected.json");
   auto m = models::load_distilbert(dir.string(), 0, 1);
   CHECK(m.config.num_labels == 4);
@@ -173,6 +175,19 @@ TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_ti
   m.model->eval();
   check_distilbert_cases(
       expected, [&](const auto& ids, const auto& mask) { return m.model(ids, mask); }, true);
+}
+
+}  // namespace
+
+TEST_CASE("DistilBERT sequence classification matches HF on distilbert_seqcls_tiny", "[models][distilbert]") {
+  const auto dir = lora_test::fixture("distilbert_seqcls_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_distilbert_seqcls(dir);
+}
+
+TEST_CASE("DistilBERT matches HF on the committed fixture (tests/fixtures, no shared data needed)",
+          "[models][distilbert][committed]") {
+  check_distilbert_seqcls(lora_test::committed_fixture("distilbert_seqcls_tiny"));
 }
 
 TEST_CASE("DistilBERT masked LM matches HF on distilbert_mlm_layout_tiny", "[models][distilbert]") {
@@ -266,11 +281,19 @@ TEST_CASE("DistilBERT attention mask hides padded keys", "[models][distilbert]")
 }
 
 TEST_CASE("GPT-2 matches HF on gpt2_hub_layout_tiny (bare keys, attn.bias buffers)", "[models][gpt2]") {
-  check_gpt2_fixture("gpt2_hub_layout_tiny");
+  const auto dir = lora_test::fixture("gpt2_hub_layout_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_gpt2_fixture(dir);
 }
 
 TEST_CASE("GPT-2 matches HF on distilgpt2_layout_tiny (transformer. prefix)", "[models][gpt2]") {
-  check_gpt2_fixture("distilgpt2_layout_tiny");
+  const auto dir = lora_test::fixture("distilgpt2_layout_tiny");
+  LORA_REQUIRE_PATH(dir);
+  check_gpt2_fixture(dir);
+}
+
+TEST_CASE("GPT-2 matches HF on the committed fixture (tests/fixtures, no shared data needed)", "[models][gpt2][committed]") {
+  check_gpt2_fixture(lora_test::committed_fixture("gpt2_hub_layout_tiny"));
 }
 
 TEST_CASE("GPT-2 attention is causal", "[models][gpt2]") {
@@ -503,4 +526,107 @@ TEST_CASE("config.json: HF defaults for absent fields, clear errors for bad ones
     CHECK(contains(msg, "GPT2LMHeadModel"));
   }
   fs::remove_all(dir);
+}
+
+// The DistilBERT attention core and dropout: the optimised paths equal the textbook formulas,
+// forward and backward (docs/performance.md says what each saves).
+namespace {
+/// HF's attention, written out: softmax(masked_fill(q k^T / sqrt(hd), mask, lowest)) v.
+torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& masked, int64_t nh) {
+  const auto B = q.size(0), T = q.size(1), C = q.size(2), hd = C / nh;
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
+  auto scores = torch::matmul(heads(q), heads(k).transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+  if (masked.defined()) scores = scores.masked_fill(masked, std::numeric_limits<double>::lowest());
+  return torch::matmul(torch::softmax(scores, -1), heads(v)).transpose(1, 2).reshape({B, T, C});
+}
+}  // namespace
+
+TEST_CASE("DistilBERT's attention core equals softmax(q k^T / sqrt(hd) + mask) v, forward and gradients", "[models][fused]") {
+  torch::manual_seed(20);
+  torch::nn::Dropout dropout(0.1);
+  dropout->eval();  // the formula has no dropout
+  struct Shape {
+    int64_t B, T, C, nh;
+  };
+  for (auto sh : {Shape{3, 7, 24, 4}, Shape{2, 1, 24, 4}, Shape{2, 5, 8, 1}}) {
+    auto o = torch::TensorOptions().dtype(torch::kDouble);
+    auto q = torch::randn({sh.B, sh.T, sh.C}, o).requires_grad_(), k = torch::randn({sh.B, sh.T, sh.C}, o).requires_grad_(),
+         v = torch::randn({sh.B, sh.T, sh.C}, o).requires_grad_();
+    auto attention_mask = torch::ones({sh.B, sh.T}, torch::kLong);
+    if (sh.T > 4) attention_mask.index_put_({0, torch::indexing::Slice(4)}, 0);
+    if (sh.B > 2) attention_mask.index_put_({2, torch::indexing::Slice(1)}, 0);  // only the first key left
+    auto masked = (attention_mask == 0).view({sh.B, 1, 1, sh.T});
+    // The model's helper: the same mask when a key is padded, none for a batch without padding.
+    const auto helper = models::detail::padding_keys(attention_mask);
+    REQUIRE(helper.defined() == masked.any().item<bool>());
+    if (helper.defined()) REQUIRE(torch::equal(helper, masked));
+    REQUIRE_FALSE(models::detail::padding_keys(torch::ones({sh.B, sh.T}, torch::kLong)).defined());
+    for (bool with_mask : {true, false}) {
+      const auto m = with_mask ? masked : torch::Tensor();
+      auto q_in = q * 1.0;  // a projection output, as in the model
+      auto q_before = q_in.detach().clone();
+      auto y = models::detail::attend(q_in, k, v, m, sh.nh, dropout);
+      REQUIRE(torch::equal(q_in.detach(), q_before));  // the input projection is left alone
+      auto ref = attention_reference(q, k, v, m, sh.nh);
+      REQUIRE(lora_test::allclose(y, ref, 1e-10, 1e-10, with_mask ? "attention, masked" : "attention, no mask"));
+      auto G = torch::randn_like(ref);
+      auto g1 = torch::autograd::grad({(y * G).sum()}, {q, k, v});
+      auto g2 = torch::autograd::grad({(ref * G).sum()}, {q, k, v});
+      for (size_t i = 0; i < 3; ++i) REQUIRE(lora_test::allclose(g1[i], g2[i], 1e-10, 1e-10, "attention grad"));
+      torch::NoGradGuard no_grad;  // the inference path takes the same code
+      REQUIRE(lora_test::allclose(models::detail::attend(q * 1.0, k, v, m, sh.nh, dropout), ref.detach(), 1e-10, 1e-10,
+                                  "attention, no grad"));
+    }
+  }
+
+  // Training mode: dropout on the attention weights is applied (a fresh mask per call).
+  dropout->train();
+  auto q = torch::randn({2, 6, 8}), k = torch::randn({2, 6, 8}), v = torch::randn({2, 6, 8});
+  auto a = models::detail::attend(q, k, v, torch::Tensor(), 2, dropout);
+  auto b = models::detail::attend(q, k, v, torch::Tensor(), 2, dropout);
+  REQUIRE_FALSE(torch::allclose(a, b));
+}
+
+TEST_CASE("DistilBERT's fast dropout keeps 1 - p of the values, scaled, and routes gradients through the mask", "[models][fused]") {
+  torch::nn::Dropout module(0.1);
+  module->train();
+  torch::manual_seed(22);
+  auto x = (torch::rand({64, 128, 128}) + 0.5).requires_grad_();  // no zeros: y != 0 marks a kept value
+  auto y = models::detail::dropout(x, module);
+  auto kept = (y != 0);
+  const double frac = kept.to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(frac - 0.9) < 0.002);  // 1M values: the standard error is 0.0003
+  // Kept values are x / (1 - p), exactly as torch::dropout scales them.
+  REQUIRE(lora_test::allclose(y.masked_select(kept), x.masked_select(kept) / 0.9f, 1e-6, 0, "kept values"));
+  // No pattern along the last dimension: each of its 128 positions keeps ~90%.
+  const auto per_col = kept.to(torch::kDouble).mean(std::vector<int64_t>{0, 1});
+  const bool columns_ok = ((per_col - 0.9).abs() < 0.02).all().item<bool>();
+  CHECK(columns_ok);
+  auto G = torch::randn_like(y);
+  auto g = torch::autograd::grad({(y * G).sum()}, {x})[0];
+  REQUIRE(lora_test::allclose(g, G * kept.to(torch::kFloat) / 0.9f, 1e-6, 1e-7, "dropout gradient"));
+
+  // Reproducible under torch::manual_seed; a fresh mask each call.
+  torch::manual_seed(5);
+  auto a = models::detail::dropout(x.detach(), module);
+  auto b = models::detail::dropout(x.detach(), module);
+  torch::manual_seed(5);
+  auto a2 = models::detail::dropout(x.detach(), module);
+  REQUIRE(torch::equal(a, a2));
+  REQUIRE_FALSE(torch::equal(a, b));
+  // Two masks agree about as often as independent ones would: 0.9^2 + 0.1^2 = 0.82.
+  const double agree = ((a != 0) == (b != 0)).to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(agree - 0.82) < 0.003);
+
+  // Eval mode and p = 0 are the identity; other dtypes take torch's own dropout.
+  module->eval();
+  REQUIRE(models::detail::dropout(x, module).is_same(x));
+  module->train();
+  torch::nn::Dropout none(0.0);
+  none->train();
+  REQUIRE(models::detail::dropout(x, none).is_same(x));
+  auto xd = torch::rand({1000, 100}, torch::kDouble) + 0.5;
+  const double frac_d = (models::detail::dropout(xd, module) != 0).to(torch::kDouble).mean().item<double>();
+  CHECK(std::abs(frac_d - 0.9) < 0.005);
 }

@@ -45,11 +45,10 @@ lora_test::ProgramRun inspect(const std::string& args) {
   return lora_test::run_program(std::string(LORA_INSPECT_PATH) + " " + args);
 }
 
-}  // namespace
-
-TEST_CASE("the PEFT fixture: a GPT-2 adapter saved by PEFT reproduces PEFT's logits", "[peft][fixture]") {
-  const auto dir = lora_test::fixture("gpt2_lora_adapter_tiny");
-  LORA_REQUIRE_PATH(dir / "expected.json");
+/// The PEFT fixture in `dir` (shared or committed): the adapter loads, the model reproduces
+/// PEFT's logits (and its loss where the fixture has it: not in the committed copy, whose
+/// vocabulary is cut down), and merged it computes the same.
+void check_peft_fixture(const fs::path& dir) {
   const auto expected = read_json(dir / "expected.json");
   const double rtol = expected["tolerance"]["rtol"], atol = expected["tolerance"]["atol"];
   auto m = models::load_gpt2(dir.string());
@@ -63,18 +62,34 @@ TEST_CASE("the PEFT fixture: a GPT-2 adapter saved by PEFT reproduces PEFT's log
   }
   m.model->eval();
   torch::NoGradGuard no_grad;
+  REQUIRE_FALSE(expected["cases"].empty());
   for (const auto& c : expected["cases"]) {
     const std::string name = c["name"];
     const auto logits = m.model(json_tensor(c["input_ids"], torch::kLong), optional_json_tensor(c["attention_mask"], torch::kLong));
     CHECK(lora_test::allclose(logits, json_tensor(c["logits"], torch::kFloat), rtol, atol, "fixture " + name + " logits"));
+    if (!c.contains("loss")) continue;
     const double loss = models::causal_lm_loss(logits, json_tensor(c["labels"], torch::kLong)).item<double>();
     CHECK(loss == Approx(c["loss"].get<double>()).epsilon(1e-4));
   }
   // Merged, the model computes the same.
   a.merge();
   const auto& c0 = expected["cases"][0];
-  CHECK(lora_test::allclose(m.model(json_tensor(c0["input_ids"], torch::kLong)), json_tensor(c0["logits"], torch::kFloat),
-                            rtol, atol, "fixture merged"));
+  CHECK(lora_test::allclose(
+      m.model(json_tensor(c0["input_ids"], torch::kLong), optional_json_tensor(c0["attention_mask"], torch::kLong)),
+      json_tensor(c0["logits"], torch::kFloat), rtol, atol, "fixture merged"));
+}
+
+}  // namespace
+
+TEST_CASE("the PEFT fixture: a GPT-2 adapter saved by PEFT reproduces PEFT's logits", "[peft][fixture]") {
+  const auto dir = lora_test::fixture("gpt2_lora_adapter_tiny");
+  LORA_REQUIRE_PATH(dir / "expected.json");
+  check_peft_fixture(dir);
+}
+
+TEST_CASE("the committed PEFT fixture (tests/fixtures, no shared data needed) reproduces PEFT's logits",
+          "[peft][fixture][committed]") {
+  check_peft_fixture(lora_test::committed_fixture("gpt2_lora_adapter_tiny"));
 }
 
 TEST_CASE("PEFT round trip on DistilBERT and GPT-2: save, load into a fresh model, same outputs", "[peft]") {
@@ -266,9 +281,12 @@ TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][
   // A folder that is no adapter: exit code 1, the reason on stderr, nothing on stdout.
   const auto tmp = temp_dir("inspect_bad");
   std::ofstream(tmp / "input.json") << json{{"input_ids", {{1, 2, 3}}}}.dump();
-  const auto run = inspect("forward --model-dir " + dir.string() + " --input " + (tmp / "input.json").string() +
-                           " --adapter " + (tmp / "nope").string() + " 2>/dev/null");
-  CHECK(run.status != 0);
+  const auto run = lora_test::run_program_stderr(std::string(LORA_INSPECT_PATH) + " forward --model-dir " + dir.string() +
+                                                 " --input " + (tmp / "input.json").string() + " --adapter " +
+                                                 (tmp / "nope").string());
+  INFO(run.err);
+  CHECK(run.exit_code() == 1);
   CHECK(run.out.empty());
+  CHECK(lora_test::contains(run.err, (tmp / "nope").string()));  // the message names the folder
   fs::remove_all(tmp);
 }

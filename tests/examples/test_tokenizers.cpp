@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -128,6 +129,71 @@ TEST_CASE("GPT-2 BPE matches the reference ids of every fixture case and decodes
     const auto text = c.at("text").get<std::string>();
     INFO(c.at("name").get<std::string>());
     CHECK(bpe().decode(c.at("gpt2_ids").get<Ids>()) == text);
+  }
+}
+
+namespace {
+
+/// `ids` of a cut-down vocabulary as ids of the whole one (original[id]; -1 outside it).
+Ids to_original(Ids ids, const Ids& original) {
+  for (auto& id : ids) id = id >= 0 && static_cast<std::size_t>(id) < original.size() ? original[static_cast<std::size_t>(id)] : -1;
+  return ids;
+}
+
+/// The committed subset of the fixture (tests/fixtures/tokenizers): its cases, whose reference ids
+/// are those of the whole vocabularies, and the cut-down vocabulary files beside them.
+nlohmann::json committed_tokenizer_fixture() {
+  auto fixture = lora_test::read_json(lora_test::committed_fixture("tokenizers") / "expected.json");
+  REQUIRE(fixture.at("cases").size() == fixture.at("derived").at("cases_kept").size());
+  REQUIRE(fixture.at("cases").size() >= 15);
+  return fixture;
+}
+
+}  // namespace
+
+TEST_CASE("WordPiece matches the reference ids of the committed subset (tests/fixtures, no shared data needed)",
+          "[tokenizers][committed]") {
+  const auto fixture = committed_tokenizer_fixture();
+  const auto original = fixture.at("derived").at("bert_original_ids").get<Ids>();
+  const WordPieceTokenizer tok(lora_test::committed_fixture("tokenizers") / "bert-vocab.txt");
+  REQUIRE(tok.vocab_size() == original.size());
+  const auto special = [&](const char* name) { return fixture.at("special_ids").at(name).get<std::int64_t>(); };
+  CHECK(to_original({tok.pad_id(), tok.unk_id(), tok.cls_id(), tok.sep_id(), tok.mask_id()}, original) ==
+        Ids{special("bert_pad"), special("bert_unk"), special("bert_cls"), special("bert_sep"), special("bert_mask")});
+  std::string first;
+  const int bad = count_mismatches(
+      fixture.at("cases"), "bert_ids", [&](const std::string& t) { return to_original(tok.encode(t), original); },
+      first);
+  INFO("first mismatch: " << first);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("GPT-2 BPE matches the reference ids of the committed subset (tests/fixtures, no shared data needed)",
+          "[tokenizers][committed]") {
+  const auto fixture = committed_tokenizer_fixture();
+  const auto original = fixture.at("derived").at("gpt2_original_ids").get<Ids>();
+  const auto dir = lora_test::committed_fixture("tokenizers");
+  const BpeTokenizer tok(dir / "gpt2-vocab.json", dir / "gpt2-merges.txt");
+  REQUIRE(tok.vocab_size() == original.size());
+  CHECK(to_original({tok.eos_id()}, original) == Ids{fixture.at("special_ids").at("gpt2_eos").get<std::int64_t>()});
+  std::string first;
+  const int bad = count_mismatches(
+      fixture.at("cases"), "gpt2_ids", [&](const std::string& t) { return to_original(tok.encode(t), original); },
+      first);
+  {
+    INFO("first mismatch: " << first);
+    CHECK(bad == 0);
+  }
+  std::map<std::int64_t, std::int64_t> small_id;
+  for (std::size_t k = 0; k < original.size(); ++k) small_id[original[k]] = static_cast<std::int64_t>(k);
+  for (const auto& c : fixture.at("cases")) {
+    INFO(c.at("name").get<std::string>());
+    Ids ids;
+    for (const auto id : c.at("gpt2_ids").get<Ids>()) {
+      REQUIRE(small_id.count(id));  // the cut-down vocabulary holds every reference token
+      ids.push_back(small_id[id]);
+    }
+    CHECK(tok.decode(ids) == c.at("text").get<std::string>());
   }
 }
 

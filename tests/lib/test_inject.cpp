@@ -562,10 +562,20 @@ TEST_CASE("merged_state_dict: the base parameters with the adapters merged in, m
     cfg.targets = {"q_lin", "lin2"};
     auto a = lora::inject(net, cfg);
     randomize_b(a);
-    const auto merged = lora::merged_state_dict(net);
-    for (const auto& item : merged) CHECK(item.key().find("lora_") == std::string::npos);
     std::map<std::string, torch::Tensor> before;
     for (const auto& p : net.named_parameters()) before[p.key()] = p.value().detach().clone();
+    const auto merged = lora::merged_state_dict(net);
+    // The model is left as it was, bit for bit (merged_state_dict works on copies).
+    for (const auto& [k, t] : before) {
+      INFO(k);
+      CHECK(torch::equal(net.named_parameters()[k], t));
+    }
+    for (const auto& item : merged) CHECK(item.key().find("lora_") == std::string::npos);
+    // The adapted weights are merged (B is random, so they differ from the base), the others not.
+    REQUIRE(merged.contains("layer.0.q_lin.weight"));
+    CHECK_FALSE(torch::allclose(merged["layer.0.q_lin.weight"], before.at("layer.0.q_lin.weight")));
+    REQUIRE(merged.contains("layer.0.v_lin.weight"));
+    CHECK(torch::equal(merged["layer.0.v_lin.weight"], before.at("layer.0.v_lin.weight")));
     a.merge();
     for (const auto& p : net.named_parameters()) {
       if (p.key().find("lora_") != std::string::npos) continue;
@@ -574,7 +584,7 @@ TEST_CASE("merged_state_dict: the base parameters with the adapters merged in, m
       CHECK(lora_test::allclose(merged[p.key()], p.value(), 1e-6, 1e-6, "merged_state_dict vs merge()"));
     }
     a.unmerge();
-    // Nothing changed: unmerged, the weights are the ones before (within float rounding).
-    for (const auto& [k, t] : before) CHECK(lora_test::allclose(net.named_parameters()[k], t, 1e-6, 1e-6, "unchanged"));
+    // Unmerged, the weights are the ones before (within float rounding).
+    for (const auto& [k, t] : before) CHECK(lora_test::allclose(net.named_parameters()[k], t, 1e-6, 1e-6, "unmerged"));
   }
 }

@@ -1,6 +1,11 @@
 // lora::Linear: the LoRA formula, its gradients, merge/unmerge, enable/disable, device and dtype.
 #include <lora/lora.hpp>
 
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "support.hpp"
 #include "reference.hpp"
 
@@ -83,22 +88,47 @@ TEST_CASE("gradients of A and B equal the closed form", "[linear]") {
   REQUIRE(lora_test::allclose(a.B.grad(), a.scale * G.mm(a.A.t()), 1e-4, 1e-5, "dL/dB vs s G A^T"));
 }
 
-TEST_CASE("a frozen base gets no gradient and an optimizer step changes only A and B", "[linear]") {
-  torch::manual_seed(5);
-  auto l = adapted_layer(10, 6, 3, 6);
-  l->weight.set_requires_grad(false);
-  l->bias.set_requires_grad(false);
-  auto W = l->weight.clone(), b = l->bias.clone();
-  const auto& a = l->adapter("default");
-  auto A0 = a.A.detach().clone(), B0 = a.B.detach().clone();
-  torch::optim::AdamW opt({a.A, a.B}, torch::optim::AdamWOptions(1e-2));
-  l(torch::randn({4, 10})).pow(2).sum().backward();
-  REQUIRE_FALSE(l->weight.grad().defined());
-  opt.step();
-  REQUIRE(torch::equal(l->weight, W));  // bit-identical
-  REQUIRE(torch::equal(l->bias, b));
-  REQUIRE_FALSE(torch::equal(a.A, A0));
-  REQUIRE_FALSE(torch::equal(a.B, B0));
+TEST_CASE("a base frozen by inject: an optimizer over all the model parameters changes only A and B", "[linear]") {
+  // As a user might: inject() (freeze_base, the default), then hand the optimizer every parameter
+  // of the model, W and b included, and step. Only A and B may change.
+  auto run = [](bool freeze_base) {
+    torch::manual_seed(5);
+    auto model = torch::nn::Sequential(lora::Linear(10, 8), torch::nn::ReLU(), lora::Linear(8, 6));
+    lora::Config cfg;
+    cfg.rank = 3;
+    cfg.alpha = 6;
+    cfg.adapt_output_head = true;
+    cfg.freeze_base = freeze_base;
+    auto adapters = lora::inject(*model, cfg);
+    REQUIRE(adapters.layers().size() == 2);
+    {
+      torch::NoGradGuard g;
+      for (auto& b : adapters.b_parameters()) b.normal_(0, 0.5);  // so that A gets a gradient too
+    }
+    std::vector<std::pair<std::string, torch::Tensor>> before;
+    for (const auto& p : model->named_parameters()) before.emplace_back(p.key(), p.value().detach().clone());
+    torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-2));  // all of them
+    opt.zero_grad();
+    model->forward(torch::randn({4, 10})).pow(2).sum().backward();
+    opt.step();
+    std::map<std::string, bool> changed;
+    for (const auto& [name, value] : before) changed[name] = !torch::equal(model->named_parameters()[name], value);
+    return changed;
+  };
+  SECTION("freeze_base: W and b bit-identical, every A and B changed") {
+    const auto changed = run(true);
+    REQUIRE(changed.size() == 8);  // 2 layers x (weight, bias, A, B)
+    for (const auto& [name, moved] : changed) {
+      INFO(name);
+      CHECK(moved == (name.find(".lora_") != std::string::npos));
+    }
+  }
+  SECTION("control: without freeze_base the same step moves W and b too") {
+    for (const auto& [name, moved] : run(false)) {
+      INFO(name);
+      CHECK(moved);
+    }
+  }
 }
 
 TEST_CASE("merge and unmerge", "[linear][merge]") {
