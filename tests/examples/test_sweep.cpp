@@ -1,7 +1,7 @@
 // The sweep engine (examples/common/sweep/) end to end, on a toy task: a two-layer MLP of
 // lora::Linear layers classifying synthetic points, a few steps per point.
 #include "sweep/cli.hpp"
-#include "sweep/engine.hpp"
+#include "sweep/run.hpp"
 
 #include <unistd.h>
 

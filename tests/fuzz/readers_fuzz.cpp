@@ -33,7 +33,7 @@
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_WIKITEXT
 #include "data/wikitext.hpp"
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_SWEEP_POINT
-#include "sweep/point_file.hpp"
+#include "sweep/point.hpp"
 #else
 #error "LORA_FUZZ_TARGET must be 1..7 (see CMakeLists.txt)"
 #endif

@@ -1,5 +1,6 @@
-// A sweep's point files: out/points/<key>.json, one per finished grid point, written atomically
-// the moment the point ends, and read back on every rerun (resume) and by the report.
+// One point of the sweep: what it runs with, from the parsed Options and its grid Point (the
+// grid itself: grid.hpp), and its file, out/points/<key>.json, written atomically the moment the
+// point ends and read back on every rerun (resume) and by the report (as a RunRecord).
 //
 // A point file (out/points/<key>.json):
 // {
@@ -19,15 +20,15 @@
 //   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
 //               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps
 //               "diverged", "diverged_reason", "steps", "trainable_parameters", "wall_time_s",
-//               "collapsed", "collapse_rule", "collapse_bound"}  // the task's CollapseRule (record.hpp)
+//               "collapsed", "collapse_rule", "collapse_bound"}  // the task's CollapseRule (task.hpp)
+// }
 // Settings are only ever added with a value that older files are read as (absent "full_train"
 // is "all"), so that finished points stay valid; the report recomputes "collapsed" from the
 // rule, also for files written before it was recorded.
-// }
 // Resuming: a point whose file exists is done and skipped; its settings must equal this
 // run's, or the sweep stops rather than mix two experiments in one --out. A file that does not
 // parse stops the sweep too, naming it (never overwritten, never counted as done).
-// A point trains only while this process holds its claim (out/locks/<key>.lock, claim.hpp),
+// A point trains only while this process holds its claim (out/locks/<key>.lock, run.hpp),
 // so two processes on one --out never train the same point; a leftover "<key>.json.tmp.<pid>"
 // (a process killed while writing) is removed once the point is claimed. A NaN or infinite
 // loss marks the point diverged; the sweep goes on.
@@ -38,28 +39,133 @@
 #include <torch/utils.h>
 #include <torch/version.h>
 
+#include <lora/config.hpp>
+#include <lora/init.hpp>
 #include <lora/io.hpp>
+#include <lora/scaling.hpp>
 #include <lora/version.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "errors.hpp"
-
+#include "cli.hpp"
 #include "grid.hpp"
-#include "options.hpp"
-#include "point_config.hpp"
-#include "record.hpp"
 #include "task.hpp"
-#include "train.hpp"
 
 namespace sweep {
+
+/// The grid the options describe (grid.hpp); Options::extra becomes each point's extra.
+inline std::vector<Point> build_grid(const Options& o) {
+  GridSpec g;
+  g.lrs = o.lrs;
+  g.ranks = o.ranks;
+  g.full_lrs = o.full_lrs;
+  g.seeds = o.seeds;
+  g.alpha = o.alpha;
+  g.alpha_per_rank = o.alpha_per_rank;
+  g.alphas = o.alphas;
+  g.alpha_lrs = o.alpha_lrs;
+  g.scaling = o.scaling;
+  g.init = o.init;
+  g.extra = o.extra;
+  return build_grid(g);
+}
+
+/// The scaling policy called `name` (one of scaling_names()).
+inline lora::Scaling scaling_policy(const std::string& name) {
+  detail::one_of("--scaling", name, scaling_names());
+  return lora::scaling::by_name(name);
+}
+
+/// The init policy called `name` (one of init_names()); `std` is gaussian-gaussian's sigma.
+inline lora::Init init_policy(const std::string& name, double std) {
+  detail::one_of("--init", name, init_names());
+  return lora::init::by_name(name, std);
+}
+
+/// The lora::Config of LoRA point `p`: rank, alpha, scaling and init of the point; targets,
+/// init sigma and DoRA from the options; the point's seed seeds the adapters.
+inline lora::Config to_lora_config(const Options& o, const Point& p) {
+  if (p.is_full())
+    throw examples::Error("to_lora_config: point '" + key(p) + "' is full fine-tuning and has no LoRA config.");
+  lora::Config c;
+  c.rank = p.rank;
+  c.alpha = p.alpha;
+  c.scaling = scaling_policy(p.scaling);
+  c.init = init_policy(p.init, o.init_std);
+  c.targets = o.targets;
+  // The study adapts the output head too (every Linear, as the seed study); the library's
+  // default, like PEFT's, leaves it alone.
+  c.adapt_output_head = true;
+  c.seed = p.seed;
+  c.use_dora = o.dora;
+  // As the seed study (and PEFT): a rank above a layer's min(in, out) is allowed, e.g. r = 128
+  // on DistilBERT's 768 -> 4 classifier (PiSSA/OLoRA still refuse it).
+  c.allow_rank_above_min = true;
+  return c;
+}
+
+/// One point file, as the report needs it.
+struct RunRecord {
+  std::string key, column, method;
+  int64_t rank = 0;
+  double alpha = 0;  ///< 0 for FullFT
+  double scale = 0;  ///< LoRA's s (settings.scale); 0 for FullFT
+  double lr = 0;
+  uint64_t seed = 0;
+  std::optional<double> metric, best_val_loss;
+  bool diverged = false;
+  bool collapsed = false;  ///< by the task's CollapseRule, set by the report (mark_collapsed)
+  nlohmann::json doc;  ///< the whole point file
+};
+
+namespace detail {
+
+inline std::optional<double> optional_number(const nlohmann::json& j) {
+  if (j.is_number()) return j.get<double>();
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// The record of a point file `doc` (its schema: the top of this file); `metric_key` names the metric.
+inline RunRecord record_from_json(const nlohmann::json& doc, const std::string& metric_key) {
+  const auto& s = doc.at("settings");
+  const auto& r = doc.at("results");
+  // Out-of-range or non-integer numbers must not reach get<int64_t/uint64_t>() (undefined
+  // behaviour): an error instead, which the caller reports with the file's name.
+  for (const char* k : {"seed", "rank"})
+    if (s.contains(k) && !(s.at(k).is_number_unsigned() || (s.at(k).is_number_integer() && s.at(k).get<int64_t>() >= 0)))
+      throw examples::DataError(std::string("settings.") + k + " is " + s.at(k).dump() +
+                                ", not a non-negative integer");
+  RunRecord rec;
+  rec.key = doc.at("key").get<std::string>();
+  rec.method = s.at("method").get<std::string>();
+  rec.rank = s.value("rank", int64_t{0});
+  rec.alpha = s.value("alpha", 0.0);
+  rec.scale = s.value("scale", 0.0);
+  rec.lr = s.at("lr").get<double>();
+  rec.seed = s.at("seed").get<uint64_t>();
+  // Files written before --alphas have no "column" of their own: theirs follows from the rank.
+  rec.column = doc.contains("column") ? doc.at("column").get<std::string>()
+               : rec.method == "full" ? "full"
+                                      : "lora_r" + std::to_string(rec.rank);
+  rec.diverged = r.at("diverged").get<bool>();
+  rec.metric = detail::optional_number(r.value(metric_key, nlohmann::json()));
+  rec.best_val_loss = detail::optional_number(r.value("best_val_loss", nlohmann::json()));
+  rec.doc = doc;
+  return rec;
+}
 
 namespace fs = std::filesystem;
 
@@ -230,4 +336,5 @@ inline nlohmann::json point_document(const Options& o, const Task& task, const P
 }
 
 }  // namespace detail
+
 }  // namespace sweep
