@@ -12,7 +12,7 @@
 //      which Python's PEFT loads too) and load that folder into a fresh model, which must give
 //      the same logits and accuracy.
 //
-// From the repository root, with the shared data beside the checkout (a minute or two on a CPU):
+// From the repository root, with the shared data beside the checkout (a few minutes on a CPU):
 //
 //   finetune --model-dir ../shared/fixtures/distilbert_news_small --data-dir ../shared/data --out out/finetune
 //
