@@ -42,6 +42,7 @@
 
 #include "errors.hpp"
 #include "grid.hpp"
+#include "task.hpp"
 
 namespace sweep {
 
@@ -68,7 +69,8 @@ struct Preset {
 };
 
 /// The parsed command line. parse_options() sets every field, from the flags or their defaults
-/// (builtin_defaults()); a default-constructed Options holds no defaults of its own.
+/// (builtin_defaults()); a default-constructed Options holds no defaults of its own, except
+/// `adamw`, which no flag sets.
 struct Options {
   std::string program;
   // The grid.
@@ -87,6 +89,10 @@ struct Options {
   double loraplus_ratio = 0;                          ///< LR of B = ratio * LR of A (LoRA+); 1: off
   bool dora = false;
   std::string full_train;                             ///< what FullFT trains: all, no-embeddings, linear
+  /// AdamW's betas, eps and weight decay, the same for every point. No flag sets them:
+  /// parse_options() leaves AdamWSettings' defaults (task.hpp); an embedding program or a test
+  /// may change them here. point_run() (point.hpp) hands them to training and to the record.
+  AdamWSettings adamw;
   // Training and data.
   int64_t epochs = 0;
   int64_t batch_size = 0;

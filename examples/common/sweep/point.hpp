@@ -2,6 +2,11 @@
 // grid itself: grid.hpp), and its file, out/points/<key>.json, written atomically the moment the
 // point ends and read back on every rerun (resume) and by the report (as a RunRecord).
 //
+// point_run() is the one place that builds what a point runs with (PointRun: its lora::Config,
+// what FullFT trains, its TrainSettings). The engine trains with it (run.hpp run_point) and
+// the file's "settings" are point_settings() of it, also when a rerun checks a finished file,
+// so what is recorded cannot drift from what ran.
+//
 // A point file (out/points/<key>.json):
 // {
 //   "schema": "lora-sweep-point/1", "key": "lora_r16_lr1e-04_s42", "column": "lora_r16",
@@ -93,26 +98,57 @@ inline lora::Init init_policy(const std::string& name, double std) {
   return lora::init::by_name(name, std);
 }
 
-/// The lora::Config of LoRA point `p`: rank, alpha, scaling and init of the point; targets,
-/// init sigma and DoRA from the options; the point's seed seeds the adapters.
-inline lora::Config to_lora_config(const Options& o, const Point& p) {
-  if (p.is_full())
-    throw examples::Error("to_lora_config: point '" + key(p) + "' is full fine-tuning and has no LoRA config.");
+/// Whether the init policy called `name` takes a sigma (--init-std).
+inline bool init_takes_std(const std::string& name) {
+  return name == "gaussian-gaussian" || name == "gaussian-subtracted";
+}
+
+/// Everything point `p` runs with. Built by point_run() alone: the engine trains with it
+/// (run.hpp run_point) and the point file records it (point_settings below), so the two cannot
+/// disagree. What the task makes of the options (data sizes, --max-len, its own flags) is
+/// recorded beside it, from the options.
+struct PointRun {
+  uint64_t seed = 0;                 ///< seeds torch before the task makes the model (and the adapters)
+  std::optional<lora::Config> lora;  ///< the adapters inject() adds: LoRA points only
+  std::string init;                  ///< LoRA: the init policy's name, as --init gives it
+  std::optional<double> init_std;    ///< LoRA: the init policy's sigma, for a policy that takes one
+  std::string full_train;            ///< FullFT: what trains (--full-train: all, no-embeddings, linear)
+  TrainSettings train;               ///< the optimiser and the loop
+};
+
+/// What point `p` runs with, from the options and the point (see PointRun). `log_every` is how
+/// often the loop reads the loss (EngineHooks::log_every); it changes no number of the run.
+/// Throws examples::UsageError for a scaling or init name that is not known.
+inline PointRun point_run(const Options& o, const Point& p, int64_t log_every = TrainSettings{}.log_every) {
+  PointRun r;
+  r.seed = p.seed;
+  r.train.lr = p.lr;
+  r.train.epochs = o.epochs;
+  r.train.adamw = o.adamw;
+  r.train.loraplus_ratio = p.is_full() ? 1.0 : o.loraplus_ratio;
+  r.train.log_every = log_every;
+  if (p.is_full()) {
+    r.full_train = o.full_train;
+    return r;
+  }
+  r.init = p.init;
+  if (init_takes_std(p.init)) r.init_std = o.init_std;
   lora::Config c;
   c.rank = p.rank;
   c.alpha = p.alpha;
   c.scaling = scaling_policy(p.scaling);
-  c.init = init_policy(p.init, o.init_std);
+  c.init = init_policy(r.init, r.init_std.value_or(1.0));  // a policy without sigma ignores it
   c.targets = o.targets;
   // The study adapts the output head too (every Linear, as the seed study); the library's
   // default, like PEFT's, leaves it alone.
   c.adapt_output_head = true;
-  c.seed = p.seed;
+  c.seed = r.seed;
   c.use_dora = o.dora;
   // As the seed study (and PEFT): a rank above a layer's min(in, out) is allowed, e.g. r = 128
   // on DistilBERT's 768 -> 4 classifier (PiSSA/OLoRA still refuse it).
   c.allow_rank_above_min = true;
-  return c;
+  r.lora = std::move(c);
+  return r;
 }
 
 /// One point file, as the report needs it.
@@ -231,38 +267,47 @@ inline fs::path point_path(const Options& o, const Point& p) { return points_dir
 inline fs::path locks_dir(const Options& o) { return fs::path(o.out) / "locks"; }
 inline fs::path lock_path(const Options& o, const Point& p) { return locks_dir(o) / (key(p) + ".lock"); }
 
-/// The settings that determine point `p`'s numbers (see the header comment).
-inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
-  const TrainSettings t;  // run_point trains with these optimizer settings: record what it uses
+/// The settings that determine the numbers of point `p`, run with `run` (see the header
+/// comment): what `run` holds, and what the task makes of the options. The optimizer's
+/// schedule, warm-up and clipping are train()'s (task.hpp): a constant LR, none, none.
+inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p, const PointRun& run) {
+  const auto& t = run.train;
   nlohmann::json s = {{"task", task.name()},
                       {"model", task.model_name()},
                       {"method", p.method},
-                      {"lr", p.lr},
-                      {"seed", p.seed},
-                      {"epochs", o.epochs},
+                      {"lr", t.lr},
+                      {"seed", run.seed},
+                      {"epochs", t.epochs},
                       {"batch_size", o.batch_size},
                       {"train_size", o.train_size},
                       {"val_size", o.val_size},
                       {"max_len", o.max_len},
                       {"optimizer",
-                       {{"name", "AdamW"}, {"betas", {t.beta1, t.beta2}}, {"eps", t.eps}, {"weight_decay", t.weight_decay},
-                        {"schedule", "constant"}, {"warmup_steps", 0}, {"grad_clip", nullptr}}},
+                       {{"name", "AdamW"}, {"betas", {t.adamw.beta1, t.adamw.beta2}}, {"eps", t.adamw.eps},
+                        {"weight_decay", t.adamw.weight_decay}, {"schedule", "constant"}, {"warmup_steps", 0},
+                        {"grad_clip", nullptr}}},
                       {"extra", p.extra}};
-  if (p.is_full()) {
-    if (o.full_train != "all") s["full_train"] = o.full_train;
+  if (!run.lora) {
+    if (run.full_train != "all") s["full_train"] = run.full_train;
     return s;
   }
-  s["rank"] = p.rank;
-  s["alpha"] = p.alpha;
+  const auto& c = *run.lora;
+  s["rank"] = c.rank;
+  s["alpha"] = c.alpha;
   s["alpha_per_rank"] = o.alpha_per_rank > 0 ? nlohmann::json(o.alpha_per_rank) : nlohmann::json();
-  s["scale"] = scaling_policy(p.scaling).scale(p.alpha, p.rank);
-  s["scaling"] = p.scaling;
-  s["init"] = p.init;
-  if (p.init == "gaussian-gaussian" || p.init == "gaussian-subtracted") s["init_std"] = o.init_std;
-  s["targets"] = o.targets;
-  s["loraplus_ratio"] = o.loraplus_ratio;
-  s["dora"] = o.dora;
+  s["scale"] = c.scaling.scale(c.alpha, c.rank);
+  s["scaling"] = c.scaling.name;
+  s["init"] = run.init;
+  if (run.init_std) s["init_std"] = *run.init_std;
+  s["targets"] = c.targets;
+  s["loraplus_ratio"] = t.loraplus_ratio;
+  s["dora"] = c.use_dora;
   return s;
+}
+
+/// The settings point `p` records and a rerun checks: point_settings() of point_run(o, p).
+inline nlohmann::json point_settings(const Options& o, const Task& task, const Point& p) {
+  return point_settings(o, task, p, point_run(o, p));
 }
 
 /// Where and when this process runs.
@@ -321,16 +366,17 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
   }
 }
 
-/// The whole point file of `p`: its identity, the settings that made it, where it ran, and
-/// `results` (the "results" object of the header comment).
-inline nlohmann::json point_document(const Options& o, const Task& task, const Point& p, const nlohmann::json& results) {
+/// The whole point file of `p`: its identity, the settings of `run` (what it ran with), where it
+/// ran, and `results` (the "results" object of the header comment).
+inline nlohmann::json point_document(const Options& o, const Task& task, const Point& p, const PointRun& run,
+                                     const nlohmann::json& results) {
   const auto metric = task.metric();
   return {{"schema", "lora-sweep-point/1"},
           {"key", key(p)},
           {"column", column(p)},
           {"lr_string", lr_string(p.lr)},
           {"metric", {{"key", metric.key}, {"label", metric.label}, {"higher_is_better", metric.higher_is_better}}},
-          {"settings", point_settings(o, task, p)},
+          {"settings", point_settings(o, task, p, run)},
           {"environment", environment(o)},
           {"results", results}};
 }

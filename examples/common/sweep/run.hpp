@@ -142,32 +142,29 @@ inline void restrict_full_training(torch::nn::Module& model, const std::string& 
   for (const auto& m : model.modules(/*include_self=*/false)) restrict(*m);
 }
 
-/// Trains point `p` and writes its file; returns its record.
+/// Trains point `p` with what point_run() gives (point.hpp), writes its file, which records
+/// exactly that, and returns its record.
 inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Reporter& progress,
                            int64_t log_every) {
   const auto start = std::chrono::steady_clock::now();
-  torch::manual_seed(p.seed);
+  const PointRun run = point_run(o, p, log_every);
+  torch::manual_seed(run.seed);
   Model model = task.make_model(p);
   if (!model.module) throw examples::Error("Task::make_model returned no module for point " + key(p) + ".");
   model.module->to(device);
   lora::Adapters adapters;
   int64_t trainable = 0;
-  if (p.is_full()) {
-    restrict_full_training(*model.module, o.full_train);
-    for (const auto& t : model.module->parameters()) trainable += t.requires_grad() ? t.numel() : 0;
-  } else {
-    adapters = lora::inject(*model.module, to_lora_config(o, p));
+  if (run.lora) {
+    adapters = lora::inject(*model.module, *run.lora);
     trainable = adapters.trainable_parameter_count();
+  } else {
+    restrict_full_training(*model.module, run.full_train);
+    for (const auto& t : model.module->parameters()) trainable += t.requires_grad() ? t.numel() : 0;
   }
-  TrainSettings ts;
-  ts.lr = p.lr;
-  ts.epochs = o.epochs;
-  ts.loraplus_ratio = p.is_full() ? 1.0 : o.loraplus_ratio;
-  ts.log_every = log_every;
   TrainCallbacks cb;
   cb.on_log = [&](int64_t step, int64_t total, double loss) { progress.update(step, total, loss); };
-  const auto r = train(model, p.is_full() ? nullptr : &adapters, [&](int64_t e) { return task.train_batches(e, p); },
-                       ts, device, cb);
+  const auto r = train(model, run.lora ? &adapters : nullptr, [&](int64_t e) { return task.train_batches(e, p); },
+                       run.train, device, cb);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const auto metric = task.metric();
@@ -176,7 +173,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
                             {metric.key, r.test_metric ? nlohmann::json(*r.test_metric) : nlohmann::json()},
                             {"train_losses", r.train_losses},
                             {"val_losses", r.val_losses},
-                            {"train_curve", {{"every", log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
+                            {"train_curve", {{"every", run.train.log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
                             {"diverged", r.diverged},
                             {"diverged_reason", r.diverged ? nlohmann::json(r.diverged_reason) : nlohmann::json()},
                             {"collapsed", rule.collapsed(r.test_metric, r.diverged)},
@@ -185,7 +182,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
                             {"steps", r.steps},
                             {"trainable_parameters", trainable},
                             {"wall_time_s", wall}};
-  const auto doc = point_document(o, task, p, results);
+  const auto doc = point_document(o, task, p, run, results);
   write_atomic(point_path(o, p), doc.dump(2) + "\n");
   return record_from_json(doc, metric.key);
 }
@@ -286,7 +283,7 @@ inline SweepOutcome run_sweep(const Options& o, Task& task, const EngineHooks& h
   outcome.grid = grid.size();
   outcome.selected = mine.size();
   for (const auto& p : mine)
-    if (!p.is_full()) to_lora_config(o, p);  // every config error before any work
+    point_run(o, p);  // every config error before any work
   if (o.dry_run) {
     detail::print_plan(o, task, grid, mine, out);
     return outcome;

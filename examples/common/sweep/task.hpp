@@ -51,11 +51,18 @@ struct Model {
   std::function<double()> test_metric;
 };
 
-/// The optimiser and loop settings of one run.
+/// AdamW's settings besides the learning rate. The study keeps them fixed (no flag sets them):
+/// these defaults are their one statement; every point file records them (point.hpp).
+struct AdamWSettings {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.001;
+};
+
+/// The optimiser and loop settings of one run. A sweep point's come from point_run()
+/// (point.hpp), the one place that builds them.
 struct TrainSettings {
   double lr = 1e-4;
   int64_t epochs = 5;
-  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.001;  ///< AdamW, constant LR
+  AdamWSettings adamw;        ///< constant LR: no schedule, no warm-up, no gradient clipping
   double loraplus_ratio = 1;  ///< LoRA+: B's (and DoRA magnitudes') LR = ratio * lr; 1: one LR
   int64_t log_every = 5;      ///< read the loss as a number (and add a curve point) every this many steps
 };
@@ -123,9 +130,9 @@ inline double evaluate(torch::nn::Module& module, const std::function<double()>&
 
 inline torch::optim::AdamWOptions adamw(const TrainSettings& s, double lr) {
   return torch::optim::AdamWOptions(lr)
-      .betas(std::make_tuple(s.beta1, s.beta2))
-      .eps(s.eps)
-      .weight_decay(s.weight_decay)
+      .betas(std::make_tuple(s.adamw.beta1, s.adamw.beta2))
+      .eps(s.adamw.eps)
+      .weight_decay(s.adamw.weight_decay)
       .amsgrad(false);
 }
 

@@ -13,6 +13,7 @@
 #include "data/wikitext.hpp"
 #include "models/checkpoint.hpp"
 #include "sweep/cli.hpp"
+#include "sweep/grid.hpp"
 #include "sweep/task.hpp"
 #include "tasks/common.hpp"
 #include "text/bpe.hpp"
