@@ -1,6 +1,6 @@
 // agnews_sweep: LoRA vs full fine-tuning of DistilBERT on AG-News over learning rate x rank.
 // `agnews_sweep --help` lists the flags; `--preset quick` runs in minutes on a CPU.
-#include "sweep/program.hpp"
+#include "sweep/run.hpp"
 #include "tasks/agnews_task.hpp"
 
 int main(int argc, char** argv) {

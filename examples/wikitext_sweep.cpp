@@ -1,6 +1,6 @@
 // wikitext_sweep: LoRA vs full fine-tuning of distilgpt2 on WikiText-2 over learning rate x rank.
 // `wikitext_sweep --help` lists the flags; `--preset quick` runs in minutes on a CPU.
-#include "sweep/program.hpp"
+#include "sweep/run.hpp"
 #include "tasks/wikitext_task.hpp"
 
 int main(int argc, char** argv) {

@@ -1,7 +1,7 @@
 // The sweep engine (examples/common/sweep/) end to end, on a toy task: a two-layer MLP of
 // lora::Linear layers classifying synthetic points, a few steps per point.
 #include "sweep/cli.hpp"
-#include "sweep/engine.hpp"
+#include "sweep/run.hpp"
 
 #include <unistd.h>
 
@@ -355,7 +355,7 @@ TEST_CASE("sweep: option parsing, presets and conversions", "[sweep]") {
     const auto o = parse({"--ranks", "16", "--alpha-per-rank", "10", "--scaling", "alpha-over-rank", "--init",
                           "gaussian-gaussian", "--init-std", "0.5"});
     const auto grid = sweep::build_grid(o);
-    const auto c = sweep::to_lora_config(o, grid.front());
+    const auto c = sweep::point_run(o, grid.front()).lora.value();
     CHECK(c.rank == 16);
     CHECK(c.alpha == 160);
     CHECK(c.scaling.scale(c.alpha, c.rank) == 10);
@@ -363,12 +363,12 @@ TEST_CASE("sweep: option parsing, presets and conversions", "[sweep]") {
     CHECK(c.targets == std::vector<std::string>{"fc1", "fc2"});
     CHECK(c.seed == 42);
     const auto sqrt = parse({"--ranks", "16", "--scaling", "alpha-over-sqrt-rank"});
-    const auto cs = sweep::to_lora_config(sqrt, sweep::build_grid(sqrt).front());
+    const auto cs = sweep::point_run(sqrt, sweep::build_grid(sqrt).front()).lora.value();
     CHECK(std::abs(cs.scaling.scale(cs.alpha, cs.rank) - 8.0) < 1e-12);
     CHECK(contains(error_of<examples::UsageError>([] { parse({"--alpha", "8", "--alpha-per-rank", "2"}); }), "--alpha"));
     const auto dora = parse({"--dora"});
-    CHECK(sweep::to_lora_config(dora, sweep::build_grid(dora).front()).use_dora);
-    CHECK(!sweep::to_lora_config(o, grid.front()).use_dora);
+    CHECK(sweep::point_run(dora, sweep::build_grid(dora).front()).lora.value().use_dora);
+    CHECK(!sweep::point_run(o, grid.front()).lora.value().use_dora);
   }
   SECTION("bad values name the flag, the value and what is allowed") {
     const auto scaling = error_of<examples::UsageError>([] { parse({"--scaling", "alpha-over-r"}); });
@@ -702,7 +702,7 @@ TEST_CASE("sweep: LoRA+ reaches the optimizer and the records", "[sweep]") {
   task.prepare();
   const auto point = sweep::build_grid(o).front();
   const auto model = task.make_model(point);
-  const auto adapters = lora::inject(*model.module, sweep::to_lora_config(o, point));
+  const auto adapters = lora::inject(*model.module, sweep::point_run(o, point).lora.value());
   sweep::TrainSettings s;
   s.lr = 1e-2;
   s.loraplus_ratio = 16;
@@ -722,6 +722,49 @@ TEST_CASE("sweep: LoRA+ reaches the optimizer and the records", "[sweep]") {
   CHECK(p.at("results").at("test_acc").is_number());
   CHECK(p.at("results").at("trainable_parameters") == 2 * (8 + 16) + 2 * (16 + 4));
   cleanup(dir);
+}
+
+TEST_CASE("sweep: what a point trains with and what its file records both come from point_run()", "[sweep]") {
+  // Change a default no flag sets (AdamW's weight decay and beta2): the optimizer the engine
+  // trains with and the settings its point files record must both follow, and a rerun with the
+  // defaults must refuse those files.
+  const auto dir = temp_dir("point_run_defaults"), changed_dir = temp_dir("point_run_changed");
+  const std::vector<std::string> flags = {"--lrs", "1e-2", "--ranks", "2", "--full-lrs", "1e-2"};
+  const auto o = toy_options(dir, flags);
+  auto changed = toy_options(changed_dir, flags);
+  const sweep::AdamWSettings defaults;
+  REQUIRE(o.adamw.weight_decay == defaults.weight_decay);
+  changed.adamw.weight_decay = defaults.weight_decay * 100;
+  changed.adamw.beta2 = 0.99;
+  std::ostringstream sink;
+  ToyTask task(o), changed_task(changed);
+  REQUIRE(sweep::run_sweep(o, task, quiet(sink)).ran == 2);
+  REQUIRE(sweep::run_sweep(changed, changed_task, quiet(sink)).ran == 2);
+  INFO(sink.str());
+  for (const auto& p : sweep::build_grid(o)) {
+    INFO(sweep::key(p));
+    const auto run = sweep::point_run(changed, p);
+    CHECK(run.train.adamw.weight_decay == changed.adamw.weight_decay);
+    CHECK(run.train.adamw.beta2 == 0.99);
+    const auto file = load(changed_dir / "points" / (sweep::key(p) + ".json"));
+    const auto& recorded = file.at("settings").at("optimizer");
+    CHECK(recorded.at("weight_decay") == run.train.adamw.weight_decay);
+    CHECK(recorded.at("betas") == json({run.train.adamw.beta1, run.train.adamw.beta2}));
+    CHECK(file.at("settings") == sweep::detail::point_settings(changed, changed_task, p));
+    const auto base = load(dir / "points" / (sweep::key(p) + ".json"));
+    CHECK(base.at("settings").at("optimizer").at("weight_decay") == defaults.weight_decay);
+    // The engine trained with them: same seed, data and LR, other losses.
+    CHECK(file.at("results").at("train_losses") != base.at("results").at("train_losses"));
+    // A rerun with the defaults does not take these files as its own, and says why.
+    auto rerun = o;
+    rerun.out = changed_dir.string();
+    const auto e = error_of<examples::Error>([&] { sweep::detail::load_done(rerun, task, p); });
+    CHECK(contains(e, "other settings"));
+    CHECK(contains(e, "optimizer"));
+    CHECK(sweep::detail::load_done(changed, changed_task, p).has_value());
+  }
+  cleanup(dir);
+  cleanup(changed_dir);
 }
 
 TEST_CASE("sweep: several seeds give per-seed optima, ratio intervals, error bars and loss curves", "[sweep]") {

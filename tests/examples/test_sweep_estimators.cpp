@@ -3,7 +3,7 @@
 // --alphas / --alpha-lrs grid, --full-train and the plot axes. Each estimator is checked on
 // numbers whose answer is known in closed form.
 #include "sweep/cli.hpp"
-#include "sweep/engine.hpp"
+#include "sweep/run.hpp"
 #include "sweep/plot.hpp"
 #include "sweep/robust.hpp"
 

@@ -121,7 +121,7 @@ TEST_CASE("agnews_sweep: killed mid-sweep, then resumed, and shards + merge equa
 
   // SIGKILL while a point trains, once two points are done, then resume. A point trains only
   // while the sweep holds an flock on out/locks/<key>.lock and its file points/<key>.json is
-  // written before that lock is dropped (sweep/claim.hpp, engine.hpp): so "the sweep's pid
+  // written before that lock is dropped (sweep/run.hpp): so "the sweep's pid
   // holds the flock of a key that has no point file" means that point is mid-training. The
   // locks are read from /proc/locks, without touching them (taking one, even briefly, would
   // make the sweep skip that point as claimed by another process).

@@ -33,7 +33,7 @@
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_WIKITEXT
 #include "data/wikitext.hpp"
 #elif LORA_FUZZ_TARGET == LORA_FUZZ_SWEEP_POINT
-#include "sweep/point_file.hpp"
+#include "sweep/point.hpp"
 #else
 #error "LORA_FUZZ_TARGET must be 1..7 (see CMakeLists.txt)"
 #endif
@@ -343,6 +343,10 @@ std::vector<sweep::Point> points() {
 void write_seeds(const fuzz::fs::path& dir) {
   NoTrainingTask task;
   const auto ps = points();
+  // The file of point p as the engine writes it: the settings of what point_run() gives.
+  const auto document = [&](const sweep::Point& p, const nlohmann::json& results) {
+    return sweep::detail::point_document(options(), task, p, sweep::point_run(options(), p), results);
+  };
   const nlohmann::json done = {{"best_val_loss", 1.2}, {"test_acc", 53.1}, {"train_losses", {1.4, 1.3}},
                                {"val_losses", {1.3, 1.2}}, {"train_curve", {{"every", 5}, {"step", {5, 10}}, {"loss", {1.5, 1.4}}}},
                                {"diverged", false}, {"diverged_reason", nullptr}, {"steps", 126},
@@ -352,8 +356,7 @@ void write_seeds(const fuzz::fs::path& dir) {
   diverged["diverged_reason"] = "loss is nan at step 3";
   diverged["test_acc"] = nullptr;
   fuzz::write_seeds(dir, kName,
-                    {{"lora.json", sweep::detail::point_document(options(), task, ps[0], done).dump(2)},
-                     {"full.json", sweep::detail::point_document(options(), task, ps[1], diverged).dump()}},
+                    {{"lora.json", document(ps[0], done).dump(2)}, {"full.json", document(ps[1], diverged).dump()}},
                     {"\"key\"", "\"settings\"", "\"results\"", "\"method\"", "\"rank\"", "\"lr\"", "\"seed\"", "\"diverged\"",
                      "\"test_acc\"", "\"best_val_loss\"", "\"full\"", "\"lora\"", "null", "true", "false", "-1", "1e308",
                      "18446744073709551615", "NaN"});

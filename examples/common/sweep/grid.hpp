@@ -118,7 +118,7 @@ inline std::string key(const Point& p) {
   return column(p) + "_lr" + lr_key(p.lr) + "_s" + std::to_string(p.seed);
 }
 
-/// What the grid is built from (Options flattens into this; options.hpp holds the defaults).
+/// What the grid is built from (Options flattens into this, point.hpp build_grid(); cli.hpp holds the defaults).
 struct GridSpec {
   std::vector<double> lrs;           ///< LoRA learning rates
   std::vector<int64_t> ranks;        ///< empty: no LoRA points

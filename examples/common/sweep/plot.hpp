@@ -1,12 +1,21 @@
 // The seed study's figure, as an SVG written by hand: the metric against the LR on a log10
 // axis, one line per rank and a dashed one for FullFT, each line's optimum marked (a diamond),
 // diverged LRs marked with a cross on the top edge; and the training-loss curves at one LR.
-// png.hpp turns either into a PNG.
+// render_png() (at the bottom) turns either into a PNG with an external converter
+// (rsvg-convert, or ImageMagick's convert) when one is on PATH: the plots are SVG first, PNG
+// where the machine can make one.
 #pragma once
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 #include <string>
@@ -15,6 +24,8 @@
 #include "analysis.hpp"
 #include "grid.hpp"
 #include "robust.hpp"
+
+extern char** environ;
 
 namespace sweep {
 
@@ -405,6 +416,57 @@ inline std::string scale_svg(const RobustAnalysis& r, const std::string& title) 
   s << "<text x=\"" << f.legend_x << "\" y=\"" << f.legend_y(4) + 4 << "\" font-size=\"11\">-1: LR follows 1/s</text>\n";
   s << "</svg>\n";
   return s.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// PNG
+
+namespace detail {
+
+/// The full path of `program` on $PATH, or "".
+inline std::string find_on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+/// Runs `argv` (no shell) with its output discarded; true when it exits with status 0.
+inline bool run_quietly(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  const int rc = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return false;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace detail
+
+/// Converts `svg` to `png` with rsvg-convert or convert (ImageMagick), whichever is on PATH
+/// first. Returns a line saying what was written.
+inline std::string render_png(const std::string& svg, const std::string& png) {
+  if (const auto rsvg = detail::find_on_path("rsvg-convert"); !rsvg.empty()) {
+    if (detail::run_quietly({rsvg, "-o", png, svg})) return "wrote " + png + " (rsvg-convert)";
+    return "only SVG written: rsvg-convert failed on " + svg;
+  }
+  if (const auto convert = detail::find_on_path("convert"); !convert.empty()) {
+    if (detail::run_quietly({convert, svg, png})) return "wrote " + png + " (ImageMagick convert)";
+    return "only SVG written: ImageMagick convert failed on " + svg;
+  }
+  return "only SVG written: no rsvg-convert or convert on PATH to make a PNG";
 }
 
 }  // namespace sweep

@@ -1,5 +1,5 @@
 // The second round's estimators, which keep the optimum apart from the cliff next to it:
-//  - a run collapsed when the task's CollapseRule says so (record.hpp: chance accuracy, a
+//  - a run collapsed when the task's CollapseRule says so (task.hpp: chance accuracy, a
 //    perplexity no better than the base's, a non-finite loss);
 //  - the optimum is fitted only on runs that did not collapse, by a least-squares quadratic in
 //    log10(LR) (and in log10 of the value for a ratio-scale metric such as perplexity) on every
@@ -28,8 +28,7 @@
 
 #include "analysis.hpp"
 #include "grid.hpp"
-#include "record.hpp"
-#include "stats.hpp"
+#include "task.hpp"
 
 namespace sweep {
 

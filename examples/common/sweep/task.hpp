@@ -1,16 +1,264 @@
-// What a sweep program supplies to the engine: the Task interface (its name, model, metric,
-// data and a fresh model per point). tasks/agnews_task.hpp and tasks/wikitext_task.hpp implement it.
+// What a sweep program supplies and how a point trains: the Task interface (its name, model,
+// metric, collapse rule, data and a fresh model per point; tasks/agnews_task.hpp and
+// tasks/wikitext_task.hpp implement it) and the training loop, kept apart from any model: AdamW
+// with a constant LR over the epochs a task's batches make, the validation loss after each
+// epoch, the test metric at the end, and a divergence check. The task supplies the model and its
+// loss through the Model struct below.
+//
+// The loss is read as a host number only every `log_every` steps (and at the end of each
+// epoch): between reads it is summed on the device, so the GPU is never stalled per step.
 #pragma once
 
+#include <torch/nn/module.h>
+#include <torch/optim/adamw.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <lora/adapters.hpp>
+#include <lora/error.hpp>
+#include <lora/loraplus.hpp>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "errors.hpp"
 #include "grid.hpp"
-#include "record.hpp"
-#include "train.hpp"
 
 namespace sweep {
+
+/// One batch: named tensors as the task's collate made them, e.g. "input_ids" (B, T),
+/// "attention_mask" (B, T), "labels" (B).
+using Batch = std::map<std::string, torch::Tensor>;
+
+/// A model as the training loop sees it. The closures capture the task's typed model.
+struct Model {
+  /// The module to train: LoRA is injected into it, FullFT optimises all its parameters that
+  /// require grad. The engine moves it to the device.
+  std::shared_ptr<torch::nn::Module> module;
+  /// The mean loss of one training batch (already on the device): a 0-d tensor with grad.
+  std::function<torch::Tensor(const Batch&)> loss;
+  /// The validation loss; called under torch::NoGradGuard with the module in eval mode.
+  std::function<double()> val_loss;
+  /// The test metric (accuracy, perplexity, ...) of the final model; called once, like val_loss.
+  std::function<double()> test_metric;
+};
+
+/// AdamW's settings besides the learning rate. The study keeps them fixed (no flag sets them):
+/// these defaults are their one statement; every point file records them (point.hpp).
+struct AdamWSettings {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.001;
+};
+
+/// The optimiser and loop settings of one run. A sweep point's come from point_run()
+/// (point.hpp), the one place that builds them.
+struct TrainSettings {
+  double lr = 1e-4;
+  int64_t epochs = 5;
+  AdamWSettings adamw;        ///< constant LR: no schedule, no warm-up, no gradient clipping
+  double loraplus_ratio = 1;  ///< LoRA+: B's (and DoRA magnitudes') LR = ratio * lr; 1: one LR
+  int64_t log_every = 5;      ///< read the loss as a number (and add a curve point) every this many steps
+};
+
+/// What a run produced. Non-finite numbers never appear: a NaN or infinite loss stops the run.
+struct TrainResult {
+  std::vector<double> train_losses;  ///< mean training loss per completed epoch
+  std::vector<double> val_losses;    ///< validation loss per completed epoch
+  /// The training-loss curve: curve_losses[i] is the mean loss of the steps after
+  /// curve_steps[i - 1] up to curve_steps[i] (optimizer steps counted from 1 over all epochs;
+  /// every log_every steps, and at the end of each epoch).
+  std::vector<int64_t> curve_steps;
+  std::vector<double> curve_losses;
+  std::optional<double> best_val_loss;
+  std::optional<double> test_metric;  ///< absent when diverged
+  bool diverged = false;
+  std::string diverged_reason;        ///< e.g. "training loss nan over steps 41-60 of epoch 1"
+  int64_t steps = 0;                  ///< optimizer steps taken
+};
+
+/// Progress hooks: on_log(step, expected total steps, mean loss over the last steps);
+/// on_epoch(epoch from 1, train loss, val loss).
+struct TrainCallbacks {
+  std::function<void(int64_t, int64_t, double)> on_log;
+  std::function<void(int64_t, double, double)> on_epoch;
+};
+
+/// `b` with every tensor on `device` (non-blocking copies).
+inline Batch to_device(const Batch& b, torch::Device device) {
+  Batch out;
+  for (const auto& [name, t] : b) out.emplace(name, t.to(device, /*non_blocking=*/true));
+  return out;
+}
+
+/// Σ sum / Σ count over `batches`. `fn` gets each batch on `device` and returns {sum, count}
+/// as 0-d tensors (e.g. summed token NLL and token count); both are accumulated on the
+/// device and read once at the end.
+inline double weighted_mean(const std::vector<Batch>& batches, torch::Device device,
+                            const std::function<std::pair<torch::Tensor, torch::Tensor>(const Batch&)>& fn) {
+  auto sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));    // ()
+  auto count = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));  // ()
+  for (const auto& b : batches) {
+    const auto [s, n] = fn(to_device(b, device));
+    sum += s.detach().to(torch::kDouble);
+    count += n.detach().to(torch::kDouble);
+  }
+  const double n = count.item<double>();
+  if (!(n > 0))
+    throw examples::Error("weighted_mean: the batches hold no example (count 0); check --val-size and the data.");
+  return sum.item<double>() / n;
+}
+
+namespace detail {
+
+/// Runs `fn` under NoGradGuard with `module` in eval mode, then puts it back in train mode.
+inline double evaluate(torch::nn::Module& module, const std::function<double()>& fn) {
+  struct TrainAgain {
+    torch::nn::Module& m;
+    ~TrainAgain() { m.train(); }
+  } restore{module};
+  torch::NoGradGuard no_grad;
+  module.eval();
+  return fn();
+}
+
+inline torch::optim::AdamWOptions adamw(const TrainSettings& s, double lr) {
+  return torch::optim::AdamWOptions(lr)
+      .betas(std::make_tuple(s.adamw.beta1, s.adamw.beta2))
+      .eps(s.adamw.eps)
+      .weight_decay(s.adamw.weight_decay)
+      .amsgrad(false);
+}
+
+/// AdamW over the adapters (with LoRA+, lora::loraplus_param_groups: B and DoRA magnitudes at
+/// lr * loraplus_ratio, the rest at lr) or, for FullFT (`adapters` null), over every parameter
+/// of the module that requires grad.
+inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const lora::Adapters* adapters,
+                                                           const TrainSettings& s) {
+  if (adapters && s.loraplus_ratio != 1)
+    return std::make_unique<torch::optim::AdamW>(lora::loraplus_param_groups(*adapters, adamw(s, s.lr), s.loraplus_ratio),
+                                                 adamw(s, s.lr));
+  std::vector<torch::Tensor> params;
+  if (adapters) {
+    params = adapters->parameters();
+  } else {
+    for (const auto& p : m.module->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    if (params.empty())
+      throw examples::Error("train: full fine-tuning, but no parameter of the model requires grad; the task's model "
+                            "must leave its parameters trainable.");
+  }
+  return std::make_unique<torch::optim::AdamW>(params, adamw(s, s.lr));
+}
+
+}  // namespace detail
+
+/// Trains `model` for s.epochs epochs over the batches `epoch_batches(epoch)` gives (epoch from
+/// 0), evaluating after each epoch and the test metric after the last. With `adapters` (LoRA)
+/// each step is adapters->step(opt), which keeps torch::nn::Linear layers in sync; without
+/// (FullFT) it is opt.step(). A NaN or infinite loss stops the run and marks it diverged.
+inline TrainResult train(const Model& model, const lora::Adapters* adapters,
+                         const std::function<std::vector<Batch>(int64_t)>& epoch_batches, const TrainSettings& s,
+                         torch::Device device, const TrainCallbacks& cb = {}) {
+  if (!model.module || !model.loss || !model.val_loss || !model.test_metric)
+    throw examples::Error("train: the task's Model lacks a module, loss, val_loss or test_metric; set all four.");
+  TrainResult r;
+  auto opt = detail::make_optimizer(model, adapters, s);
+  auto& module = *model.module;
+  const auto scalar = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  for (int64_t epoch = 0; epoch < s.epochs && !r.diverged; ++epoch) {
+    module.train();
+    const auto batches = epoch_batches(epoch);
+    if (batches.empty())
+      throw examples::Error("train: the task gave no training batch for epoch " + std::to_string(epoch + 1) +
+                            "; check --train-size, --batch-size and the data.");
+    const auto per_epoch = static_cast<int64_t>(batches.size());
+    const int64_t expected_total = r.steps + (s.epochs - epoch) * per_epoch;
+    auto epoch_sum = torch::zeros({}, scalar);  // () sum of this epoch's losses
+    auto window = torch::zeros({}, scalar);     // () sum since the last read
+    int64_t in_window = 0;
+    for (int64_t i = 0; i < per_epoch; ++i) {
+      opt->zero_grad();
+      const auto loss = model.loss(to_device(batches[static_cast<size_t>(i)], device));  // ()
+      if (loss.dim() != 0)
+        throw examples::Error("train: the task's loss must be a 0-d tensor (the batch mean), got shape " +
+                              c10::str(loss.sizes()) + ".");
+      loss.backward();
+      if (adapters) adapters->step(*opt);
+      else opt->step();
+      const auto value = loss.detach().to(torch::kFloat);
+      epoch_sum += value;
+      window += value;
+      ++r.steps;
+      if (++in_window < s.log_every && i + 1 < per_epoch) continue;
+      const double mean = window.item<double>() / static_cast<double>(in_window);  // the one host read
+      if (!std::isfinite(mean)) {
+        r.diverged = true;
+        r.diverged_reason = "training loss " + std::to_string(mean) + " over steps " +
+                            std::to_string(i + 2 - in_window) + "-" + std::to_string(i + 1) + " of epoch " +
+                            std::to_string(epoch + 1);
+        break;
+      }
+      window.zero_();
+      in_window = 0;
+      r.curve_steps.push_back(r.steps);
+      r.curve_losses.push_back(mean);
+      if (cb.on_log) cb.on_log(r.steps, expected_total, mean);
+    }
+    if (r.diverged) break;
+    const double train_loss = epoch_sum.item<double>() / static_cast<double>(per_epoch);
+    const double val_loss = detail::evaluate(module, model.val_loss);
+    if (!std::isfinite(val_loss)) {
+      r.diverged = true;
+      r.diverged_reason = "validation loss " + std::to_string(val_loss) + " after epoch " + std::to_string(epoch + 1);
+      break;
+    }
+    r.train_losses.push_back(train_loss);
+    r.val_losses.push_back(val_loss);
+    r.best_val_loss = std::min(r.best_val_loss.value_or(val_loss), val_loss);
+    if (cb.on_epoch) cb.on_epoch(epoch + 1, train_loss, val_loss);
+  }
+  if (r.diverged) return r;
+  const double metric = detail::evaluate(module, model.test_metric);
+  if (std::isfinite(metric)) {
+    r.test_metric = metric;
+  } else {
+    r.diverged = true;
+    r.diverged_reason = "test metric " + std::to_string(metric) + " after the last epoch";
+  }
+  return r;
+}
+
+/// The task's headline number.
+struct Metric {
+  std::string key = "test_acc";             ///< field name in results.json: "test_acc", "test_ppl"
+  std::string label = "test accuracy (%)";  ///< axis and table label
+  bool higher_is_better = true;
+  bool log_scale = false;  ///< a ratio-scale value (perplexity): fitted and plotted in log10
+};
+
+/// When a finished run counts as collapsed: training failed although the loss stayed finite.
+/// A run collapsed when it diverged (a non-finite loss), has no metric, or its metric is no
+/// better than `bound`: chance accuracy for a classifier, the untrained base model's
+/// perplexity for a language model. The optimum is fitted on runs that did not collapse; the
+/// stability edge is the largest LR below the first collapse (analysis.hpp).
+struct CollapseRule {
+  double bound = NAN;             ///< NaN: only a diverged run (or one without a metric) collapsed
+  bool higher_is_better = true;   ///< the metric's direction
+  std::string description;        ///< e.g. "test_acc <= 30 (chance, 25%, + 5 points)"
+
+  bool collapsed(const std::optional<double>& metric, bool diverged) const {
+    if (diverged || !metric) return true;
+    if (std::isnan(bound)) return false;
+    return higher_is_better ? *metric <= bound : *metric >= bound;
+  }
+};
 
 /// What a program supplies: identity, data, and a fresh model per point. The program builds it
 /// from the parsed Options (keep the constructor cheap: load data in prepare()).
@@ -33,7 +281,7 @@ class Task {
   /// Loads data once, before the first run (not called by --dry-run or --merge). Missing files
   /// should be reported here, all at once, before any training.
   virtual void prepare() {}
-  /// When a finished run counts as collapsed (record.hpp). The default: only diverged runs.
+  /// When a finished run counts as collapsed (CollapseRule above). The default: only diverged runs.
   /// May load data (the WikiText task evaluates its base model once); called by the engine
   /// after each point and by the report.
   virtual CollapseRule collapse_rule() { return {}; }

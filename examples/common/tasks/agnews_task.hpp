@@ -11,7 +11,9 @@
 
 #include "data/agnews.hpp"
 #include "models/checkpoint.hpp"
-#include "sweep/engine.hpp"
+#include "sweep/cli.hpp"
+#include "sweep/grid.hpp"
+#include "sweep/task.hpp"
 #include "tasks/common.hpp"
 #include "text/wordpiece.hpp"
 

@@ -12,7 +12,7 @@
 
 #include "errors.hpp"
 #include "data/batching.hpp"
-#include "sweep/train.hpp"
+#include "sweep/task.hpp"
 
 namespace tasks {
 

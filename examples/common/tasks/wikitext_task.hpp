@@ -12,7 +12,9 @@
 #include "errors.hpp"
 #include "data/wikitext.hpp"
 #include "models/checkpoint.hpp"
-#include "sweep/engine.hpp"
+#include "sweep/cli.hpp"
+#include "sweep/grid.hpp"
+#include "sweep/task.hpp"
 #include "tasks/common.hpp"
 #include "text/bpe.hpp"
 
