@@ -127,16 +127,27 @@ std::vector<KindCase> cases() {
 /// (A, B) of the adapter "default" of `seq`'s layer.
 std::pair<torch::Tensor, torch::Tensor> ab(const lora::Adapters& a) { return {a.a_parameters().at(0), a.b_parameters().at(0)}; }
 
+/// A case's model on one path with its adapter, and its base weight before injection.
+struct Adapted {
+  torch::nn::Sequential seq;
+  torch::Tensor W0;
+  lora::Adapters adapters;
+};
+Adapted adapted(const KindCase& k, bool drop_in) {
+  std::cout << k.name << (drop_in ? " drop-in" : " plain") << ":\n";
+  Adapted a{k.make(drop_in), {}, {}};
+  a.W0 = base_weight(a.seq).detach().clone();
+  a.adapters = lora::inject(*a.seq, config("0"));
+  return a;
+}
+
 }  // namespace
 
 TEST_CASE("kinds: forward equals the definition, on both paths", "[kinds]") {
   for (auto& k : cases())
     for (const bool drop_in : {true, false}) {
       INFO(k.name << (drop_in ? " (drop-in)" : " (plain torch::nn)"));
-      std::cout << k.name << (drop_in ? " drop-in" : " plain") << ":\n";
-      auto seq = k.make(drop_in);
-      const auto W0 = base_weight(seq).detach().clone();
-      auto adapters = lora::inject(*seq, config("0"));
+      auto [seq, W0, adapters] = adapted(k, drop_in);
       REQUIRE(adapters.layers().size() == 1);
       CHECK(adapters.layers()[0].type == k.name);
       CHECK(adapters.layers()[0].kind == (drop_in ? lora::LayerKind::drop_in : lora::LayerKind::reparametrized));
@@ -157,10 +168,7 @@ TEST_CASE("kinds: gradients of A and B equal those through W0 + delta W, on both
   for (auto& k : cases())
     for (const bool drop_in : {true, false}) {
       INFO(k.name << (drop_in ? " (drop-in)" : " (plain torch::nn)"));
-      std::cout << k.name << (drop_in ? " drop-in" : " plain") << ":\n";
-      auto seq = k.make(drop_in);
-      const auto W0 = base_weight(seq).detach().clone();
-      auto adapters = lora::inject(*seq, config("0"));
+      auto [seq, W0, adapters] = adapted(k, drop_in);
       const auto [A, B] = ab(adapters);
       const auto x = k.input();
       const auto y = seq->forward(x);
@@ -421,9 +429,7 @@ TEST_CASE("kinds: a PEFT folder saved then loaded reproduces the output, for eve
   for (auto& k : cases())
     for (const bool drop_in : {true, false}) {
       INFO(k.name << (drop_in ? " (drop-in)" : " (plain torch::nn)"));
-      std::cout << k.name << (drop_in ? " drop-in" : " plain") << ":\n";
-      auto seq = k.make(drop_in);
-      auto adapters = lora::inject(*seq, config("0"));
+      auto [seq, W0, adapters] = adapted(k, drop_in);
       const auto x = k.input();
       const auto y = seq->forward(x).detach();
       const auto dir = lora_test::temp_dir("kinds_peft");
