@@ -271,11 +271,11 @@ inline std::string plot_svg(const std::vector<Curve>& curves, const std::vector<
   const double lx = f.legend_x;
   s << "<path d=\"M" << lx + 14 << "," << ly - 6 << " L" << lx + 20 << "," << ly << " L" << lx + 14 << "," << ly + 6
     << " L" << lx + 8 << "," << ly << " Z\" fill=\"white\" stroke=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\""
-    << ly + 4 << "\">optimum (3 points)</text>\n";
+    << ly + 4 << "\">optimum, 3 pts</text>\n";
   if (!fits.empty()) {
     ly += 20;
     s << "<path d=\"M" << lx + 8 << "," << ly - 6 << " L" << lx + 20 << "," << ly - 6 << " L" << lx + 14 << "," << ly + 4
-      << " Z\" fill=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">optimum (fit)</text>\n";
+      << " Z\" fill=\"black\"/>\n<text x=\"" << lx + 34 << "\" y=\"" << ly + 4 << "\">optimum, fit</text>\n";
   }
   if (any_collapsed) {
     ly += 20;
