@@ -314,23 +314,23 @@ TEST_CASE("kinds: MultiheadAttention's in_proj, its q and v slices, and out_proj
   CHECK(whole.layers()[1].type == "Linear");
 }
 
-TEST_CASE("kinds: a model of plain torch::nn layers only, every kind, trains", "[kinds]") {
+TEST_CASE("kinds: a model of plain torch::nn layers only (Embedding, TransformerEncoder, Conv2d, Linear) trains and round-trips through PEFT", "[kinds]") {
   struct NetImpl : torch::nn::Module {
     NetImpl() {
       emb = register_module("emb", torch::nn::Embedding(30, 16));
       encoder = register_module("encoder", torch::nn::TransformerEncoder(torch::nn::TransformerEncoderOptions(
                                               torch::nn::TransformerEncoderLayerOptions(16, 2).dim_feedforward(32).dropout(0), 1)));
-      conv = register_module("conv", torch::nn::Conv1d(torch::nn::Conv1dOptions(16, 8, 3).padding(1)));
+      conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(16, 8, {3, 1}).padding({1, 0})));
       head = register_module("head", torch::nn::Linear(8, 3));
     }
     torch::Tensor forward(const torch::Tensor& ids) {                 // (B, T)
       auto h = encoder(emb(ids).transpose(0, 1)).transpose(0, 1);     // (B, T, 16)
-      h = torch::relu(conv(h.transpose(1, 2)));                       // (B, 8, T)
-      return head(h.mean(2));                                         // (B, 3)
+      h = torch::relu(conv(h.transpose(1, 2).unsqueeze(3)));          // (B, 8, T, 1)
+      return head(h.mean({2, 3}));                                    // (B, 3)
     }
     torch::nn::Embedding emb{nullptr};
     torch::nn::TransformerEncoder encoder{nullptr};
-    torch::nn::Conv1d conv{nullptr};
+    torch::nn::Conv2d conv{nullptr};
     torch::nn::Linear head{nullptr};
   };
   for (const auto& targets : std::vector<std::vector<std::string>>{
