@@ -29,6 +29,8 @@
 #   agnews-full-no-embeddings       FullFT with the embedding tables frozen, beside experiment 1's LoRA
 #   agnews-full-linear              FullFT of the Linear layers only, beside experiment 1's LoRA
 #   agnews-budget          8 epochs instead of 2, FullFT and r4/r16/r64 around their optima
+#   wikitext-fine          experiment 4's projections (r4, r64) and FullFT on a fine grid, 5 seeds
+#   wikitext-lm-head-fine  the lm_head adapter (r16) on a fine grid, FullFT's points copied
 # A point another experiment already ran with the same settings is copied over rather than
 # trained twice (agnews-alpha32's FullFT points for agnews-alpha10r, its LoRA points for the
 # agnews-full-* experiments, wikitext's FullFT points for wikitext-lm-head, ...); the sweep
@@ -46,7 +48,7 @@ jobs=${LORA_JOBS:-2}
 threads=${LORA_THREADS:-0}  # per point; 0: cores / jobs
 all=(agnews-alpha32 agnews-alpha10r agnews-gaussian-1 agnews-gaussian-0.1 agnews-gaussian-0.01 wikitext wikitext-lm-head
      agnews-alpha-scan agnews-fine agnews-gaussian-subtracted-1 agnews-gaussian-subtracted-0.1
-     agnews-full-no-embeddings agnews-full-linear agnews-budget)
+     agnews-full-no-embeddings agnews-full-linear agnews-budget wikitext-fine wikitext-lm-head-fine)
 experiments=("$@")
 [ ${#experiments[@]} -gt 0 ] || experiments=("${all[@]}")
 
@@ -80,9 +82,14 @@ for e in "${experiments[@]}"; do
       esac
       build-release/examples/agnews_sweep --preset "$preset" --jobs "$jobs" --threads "$threads" --out "$out" \
         --model-dir "$shared/fixtures/distilbert_news_small" --data-dir "$shared/data" ;;
-    wikitext|wikitext-lm-head)
-      preset=small; [ "$e" = wikitext-lm-head ] && preset=small-lm-head
-      [ "$e" = wikitext-lm-head ] && copy_points wikitext_sweep "$preset" wikitext "$e" 'full_*'
+    wikitext*)
+      case $e in
+        wikitext) preset=small ;;
+        wikitext-lm-head) preset=small-lm-head; copy_points wikitext_sweep "$preset" wikitext "$e" 'full_*' ;;
+        wikitext-fine) preset=small-fine; copy_points wikitext_sweep "$preset" wikitext "$e" '*' ;;
+        wikitext-lm-head-fine) preset=small-lm-head-fine; copy_points wikitext_sweep "$preset" wikitext-fine "$e" 'full_*' ;;
+        *) echo "reproduce-small: unknown experiment '$e'; use one of: ${all[*]}" >&2; exit 2 ;;
+      esac
       build-release/examples/wikitext_sweep --preset "$preset" --jobs "$jobs" --threads "$threads" --out "$out" \
         --model-dir "$shared/fixtures/gpt2_pretrained_tiny" --data-dir "$shared/data" ;;
     *) echo "reproduce-small: unknown experiment '$e'; use one of: ${all[*]}" >&2; exit 2 ;;

@@ -175,6 +175,25 @@ inline sweep::ProgramSpec wikitext_spec() {
                         with({{"--ranks", {"4", "64"}}})};
   s.presets["small-lm-head"] = {"CPU-scale study, experiment 4: LoRA on the tied lm_head only (r16), FullFT beside",
                                 with({{"--ranks", {"16"}}, {"--targets", {"lm_head"}}})};
+  // The study's second round: experiment 4 on a fine grid (the E12 series, steps of at most
+  // 1.23x) around each line's first-round optimum, 5 seeds, so that the least-squares optimum
+  // has points within half a decade of the best.
+  const std::vector<std::string> fine_full = {"6.8e-4", "8.2e-4", "1e-3",   "1.2e-3", "1.5e-3",
+                                              "1.8e-3", "2.2e-3", "2.7e-3", "3.3e-3"};
+  s.presets["small-fine"] = {
+      "CPU-scale study, second round: experiment 4's projections (r4, r64) and FullFT on a fine grid, 5 seeds",
+      with({{"--seeds", {"1", "2", "3", "4", "5"}},
+            {"--ranks", {"4", "64"}},
+            {"--lrs", {"1e-3", "1.2e-3", "1.5e-3", "1.8e-3", "2.2e-3", "2.7e-3", "3.3e-3", "3.9e-3", "4.7e-3",
+                       "5.6e-3", "6.8e-3"}},
+            {"--full-lrs", fine_full}})};
+  s.presets["small-lm-head-fine"] = {
+      "CPU-scale study, second round: the lm_head adapter (r16) and FullFT on a fine grid, 5 seeds",
+      with({{"--seeds", {"1", "2", "3", "4", "5"}},
+            {"--ranks", {"16"}},
+            {"--targets", {"lm_head"}},
+            {"--lrs", {"2.7e-3", "3.3e-3", "3.9e-3", "4.7e-3", "5.6e-3", "6.8e-3", "8.2e-3", "1e-2", "1.2e-2", "1.5e-2"}},
+            {"--full-lrs", fine_full}})};
   s.add_flags = [](CLI::App& app, sweep::Options& o) {
     o.extra["block-size"] = "128";
     app.add_option("--block-size", o.extra["block-size"], "tokens per block (training, validation and test)")
