@@ -21,8 +21,9 @@ namespace {
 namespace fs = std::filesystem;
 
 /// An experiment of docs/results/ as scripts/reproduce-small.sh runs it: agnews-<name> with
-/// agnews_sweep --preset small-<name> on distilbert_news_small; wikitext and wikitext-lm-head
-/// with wikitext_sweep --preset small / small-lm-head on gpt2_pretrained_tiny.
+/// agnews_sweep --preset small-<name> on distilbert_news_small; wikitext with wikitext_sweep
+/// --preset small, wikitext-<name> with --preset small-<name> (lm-head, fine, lm-head-fine),
+/// on gpt2_pretrained_tiny.
 struct Experiment {
   sweep::Options options;
   std::unique_ptr<sweep::Task> task;
@@ -31,7 +32,7 @@ struct Experiment {
 Experiment experiment(const fs::path& folder) {
   const std::string name = folder.filename().string();
   const bool agnews = name.rfind("agnews-", 0) == 0;
-  const std::string preset = agnews ? "small-" + name.substr(7) : name == "wikitext" ? "small" : "small-lm-head";
+  const std::string preset = agnews ? "small-" + name.substr(7) : name == "wikitext" ? "small" : "small-" + name.substr(9);
   // Only the model folder's name is recorded ("model"): no file is read.
   const std::string model = agnews ? "distilbert_news_small" : "gpt2_pretrained_tiny";
   const std::vector<std::string> args = {"--preset", preset, "--out", folder.string(), "--model-dir",
