@@ -32,7 +32,7 @@ inline Handler forward_handler(const Options& o) {
   models::DistilBertForSequenceClassification base(cfg);
   torch::manual_seed(0);
   models::DistilBertForSequenceClassification adapted(cfg);  // the same weights
-  auto adapters = std::make_shared<lora::Adapters>(lora::inject(*adapted, lora_config(o)));
+  auto adapters = std::make_shared<lora::ModelAdapter>(lora::inject(*adapted, lora_config(o)));
   // B = 0 at init would make the adapter a no-op in value (not in cost); give it values.
   {
     torch::NoGradGuard no_grad;

@@ -74,7 +74,7 @@ struct KindsTrainer {
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor()> logits;
   torch::Tensor labels;
-  lora::Adapters adapters;
+  lora::ModelAdapter adapters;
   bool adapted = false;
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::AdamW> opt;

@@ -67,7 +67,7 @@ struct Trainer {
   torch::Device device{torch::kCPU};
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)> forward;  // ids, mask -> logits
-  lora::Adapters adapters;
+  lora::ModelAdapter adapters;
   bool adapted = false;
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::AdamW> opt;

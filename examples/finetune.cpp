@@ -243,7 +243,7 @@ int run(const Flags& f) {
               max_abs_diff(merged, trained));
   if (!(max_abs_diff(merged, trained) < 1e-3))
     throw examples::DataError("merging changed the logits by " + std::to_string(max_abs_diff(merged, trained)) +
-                              " (more than 1e-3); this is a bug in lora::Adapters::merge, please report it.");
+                              " (more than 1e-3); this is a bug in lora::ModelAdapter::merge, please report it.");
 
   // 7. Save as PEFT does, then load into a fresh model whose own head is drawn from another seed:
   // only the file can make it agree with the trained model.

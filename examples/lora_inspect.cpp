@@ -29,16 +29,6 @@ using nlohmann::json;
 
 namespace {
 
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw examples::FileError(examples::str("cannot open '", path, "'"));
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw examples::FileError(examples::str("'", path, "' is not valid JSON: ", e.what()));
-  }
-}
-
 /// A tensor as nested JSON lists of doubles (full float precision).
 json to_json(const torch::Tensor& t) {
   auto x = t.detach().to(torch::kCPU, torch::kDouble).contiguous();
@@ -64,7 +54,7 @@ torch::Tensor ids_tensor(const json& rows, const char* field) {
 }
 
 std::string model_type(const std::string& dir) {
-  const auto cfg = read_json((fs::path(dir) / "config.json").string());
+  const auto cfg = lora::read_json<json>((fs::path(dir) / "config.json").string(), "model config");
   return cfg.value("model_type", std::string());
 }
 
@@ -80,7 +70,7 @@ int cmd_tokenize(const std::string& dir, const std::string& kind, const std::str
                  const std::string& texts_json) {
   std::vector<std::string> texts;
   if (!texts_json.empty()) {
-    texts = read_json(texts_json).at("texts").get<std::vector<std::string>>();
+    texts = lora::read_json<json>(texts_json, "texts file").at("texts").get<std::vector<std::string>>();
   } else {
     std::ifstream in(text_file, std::ios::binary);
     if (!in) throw examples::FileError(examples::str("cannot open --text-file '", text_file, "'"));
@@ -109,7 +99,7 @@ json apply_adapter(torch::nn::Module& model, const std::string& adapter, const l
 }
 
 int cmd_forward(const std::string& dir, const std::string& input_file, const std::string& adapter) {
-  const auto input = read_json(input_file);
+  const auto input = lora::read_json<json>(input_file, "input file");
   const auto ids = ids_tensor(input.at("input_ids"), "input_ids");  // (B, T)
   torch::Tensor mask;
   if (input.contains("attention_mask") && !input["attention_mask"].is_null())

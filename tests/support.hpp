@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <lora/error.hpp>
+#include <lora/io.hpp>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -145,8 +146,6 @@ inline fs::path temp_file(const std::string& name, const std::string& content) {
   std::ofstream(path, std::ios::binary) << content;
   return path;
 }
-
-inline nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_text(p)); }
 
 /// A nested JSON list of numbers (a fixture's reference values) as a tensor of `dtype`.
 inline torch::Tensor json_tensor(const nlohmann::json& j, torch::Dtype dtype = torch::kDouble) {

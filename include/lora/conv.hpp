@@ -17,7 +17,7 @@
 #include <ostream>
 #include <string>
 
-#include "adapter.hpp"
+#include "layer_adapter.hpp"
 #include "detail/adapter_host.hpp"
 #include "kinds/conv.hpp"
 
@@ -36,7 +36,7 @@ class ConvImpl : public Base, public AdapterHost {
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = Base::forward(input);
     ForwardInput in{input, this->weight, {}, this->is_training()};
-    for (const Adapter* a : this->bank().pending()) y = a->variant->forward(*a, y, in);
+    for (const LayerAdapter* a : this->bank().pending()) y = a->variant().forward(*a, y, in);
     return y;
   }
 
@@ -47,7 +47,7 @@ class ConvImpl : public Base, public AdapterHost {
            << ", kernel_size=" << this->options.kernel_size() << ", stride=" << this->options.stride();
     for (const auto& kv : this->bank().adapters())
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
-             << (kv.second.merged ? ", merged" : "") << ")";
+             << (kv.second.merged() ? ", merged" : "") << ")";
     stream << ")";
   }
 

@@ -15,7 +15,7 @@
 #include <ostream>
 #include <string>
 
-#include "adapter.hpp"
+#include "layer_adapter.hpp"
 #include "detail/adapter_host.hpp"
 #include "kinds/embedding.hpp"
 
@@ -35,7 +35,7 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl, public detail::AdapterHos
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = torch::nn::EmbeddingImpl::forward(input);  // (..., dim)
     detail::ForwardInput in{input, weight, {}, is_training()};
-    for (const Adapter* a : bank().pending()) y = a->variant->forward(*a, y, in);
+    for (const LayerAdapter* a : bank().pending()) y = a->variant().forward(*a, y, in);
     return y;
   }
 
@@ -47,7 +47,7 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl, public detail::AdapterHos
     if (options.padding_idx()) stream << ", padding_idx=" << *options.padding_idx();
     for (const auto& kv : bank().adapters())
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
-             << (kv.second.merged ? ", merged" : "") << ")";
+             << (kv.second.merged() ? ", merged" : "") << ")";
     stream << ")";
   }
 

@@ -34,7 +34,7 @@ class ShapeError : public Error {
 };
 
 /// A plain torch::nn::Linear adapted through the compatibility path was used after its
-/// adapter changed but before its effective weight was recomputed (see Adapters::sync()).
+/// adapter changed but before its effective weight was recomputed (see ModelAdapter::sync()).
 class StaleWeightError : public Error {
  public:
   using Error::Error;

@@ -9,9 +9,8 @@
 
 #include "detail/lora_linear_function.hpp"
 
-namespace lora::functional {
+namespace lora::detail {
 
-namespace detail {
 /// dropout(x) as the LoRA branch sees it: x * mask / (1 - p) with a given 0/1 `dropout_mask`,
 /// a Bernoulli draw with p > 0 in training mode, else undefined (no dropout).
 inline torch::Tensor dropped_input(const torch::Tensor& x, double p, bool training, const torch::Tensor& dropout_mask) {
@@ -19,7 +18,10 @@ inline torch::Tensor dropped_input(const torch::Tensor& x, double p, bool traini
   if (training && p > 0) return torch::dropout(x, p, /*train=*/true);
   return {};
 }
-}  // namespace detail
+
+}  // namespace lora::detail
+
+namespace lora::functional {
 
 /// y + s * (dropout(x) A^T) B^T, fused into one addmm. `x` (..., in), `y` (..., out).
 /// `dropout_mask`, if defined, replaces the random dropout mask (0/1 values, x's shape):

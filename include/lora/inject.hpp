@@ -1,5 +1,5 @@
 // lora::inject(model, config): find the layers to adapt, give each an adapter, freeze the
-// rest, and return the Adapters handle. Works on the library's drop-in layers (lora::Linear,
+// rest, and return the ModelAdapter handle. Works on the library's drop-in layers (lora::Linear,
 // lora::Embedding, lora::Conv1d/2d/3d: the fast path, LayerKind::drop_in) and on the plain
 // torch::nn layers of any model (Linear, Embedding, Conv1d/2d/3d, MultiheadAttention's in_proj:
 // the compatibility path, LayerKind::reparametrized; see detail/parametrization.hpp).
@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include "adapter.hpp"
-#include "adapters.hpp"
+#include "layer_adapter.hpp"
+#include "model_adapter.hpp"
 #include "config.hpp"
 #include "detail/hash.hpp"
 #include "detail/layers.hpp"
@@ -29,7 +29,7 @@ namespace lora {
 /// Adds the adapter described by `config` to the layers it selects, freezes every other
 /// parameter (unless config.freeze_base is false), and returns the handle. Checks everything
 /// before changing anything: on error the model is as it was.
-inline Adapters inject(torch::nn::Module& model, const Config& config) {
+inline ModelAdapter inject(torch::nn::Module& model, const Config& config) {
   config.validate();
   const auto modules = detail::user_modules(model);
   const auto layers = detail::layers_of(model);
@@ -121,14 +121,14 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
       }
 
   // Per-layer settings, all checked before any layer changes.
-  std::vector<AdapterSpec> specs;
+  std::vector<LayerAdapterSpec> specs;
   for (const auto* l : chosen) {
-    AdapterSpec s;
+    LayerAdapterSpec s;
     const auto* r = detail::pattern_value(config.rank_pattern, l->path, "rank_pattern");
     const auto* a = detail::pattern_value(config.alpha_pattern, l->path, "alpha_pattern");
     s.rank = r ? *r : config.rank;
     s.alpha = a ? *a : config.alpha;
-    s.scale = config.scaling.scale(s.alpha, s.rank);
+    s.scaling = config.scaling;
     s.dropout = config.dropout;
     s.init = config.init;
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
@@ -161,7 +161,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
   for (size_t i = 0; i < chosen.size(); ++i) {
     detail::Layer l = *chosen[i];
     l.add(config.adapter_name, specs[i]);
-    infos.push_back({l.path, l.in_features(), l.out_features(), specs[i].rank, specs[i].alpha, specs[i].scale,
+    infos.push_back({l.path, l.in_features(), l.out_features(), specs[i].rank, specs[i].alpha, specs[i].scale(),
                      l.drop_in ? LayerKind::drop_in : LayerKind::reparametrized, l.kind->name()});
     adapted.push_back(std::move(l));
   }
@@ -171,7 +171,8 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
     total += p.numel();
     if (config.freeze_base) p.set_requires_grad(false);
   }
-  Adapters handle(config.adapter_name, std::move(adapted), std::move(infos), std::move(kept), total, config);
+  auto handle = detail::ModelAdapterAccess::make(config.adapter_name, std::move(adapted), std::move(infos),
+                                                 std::move(kept), total, config);
   for (auto& p : handle.parameters()) p.set_requires_grad(true);
   handle.sync();
   return handle;
@@ -179,7 +180,7 @@ inline Adapters inject(torch::nn::Module& model, const Config& config) {
 
 /// inject() for a module holder (a TORCH_MODULE type such as torch::nn::Sequential).
 template <typename M>
-Adapters inject(torch::nn::ModuleHolder<M>& model, const Config& config) {
+ModelAdapter inject(torch::nn::ModuleHolder<M>& model, const Config& config) {
   return inject(*model, config);
 }
 

@@ -4,7 +4,7 @@
 // With no adapter (or adapters disabled) it computes exactly what torch::nn::Linear does.
 // Adapters are added, chosen, merged and removed through its member functions (inject() calls
 // them for you); adapter(name) reads one. Each adapter applies itself as its variant says
-// (detail/variant.hpp): a plain LoRA one adds the term above, a DoRA one (AdapterSpec::use_dora)
+// (detail/variant.hpp): a plain LoRA one adds the term above, a DoRA one (LayerAdapterSpec::use_dora)
 // rescales the base output (detail/dora.hpp).
 #pragma once
 
@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "adapter.hpp"
+#include "layer_adapter.hpp"
 #include "detail/adapter_host.hpp"
 #include "detail/variant.hpp"
 #include "kinds/linear.hpp"
@@ -59,19 +59,19 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
     detail::ForwardInput in{x, weight, {}, is_training()};
     bool needs_base = false;
-    for (const Adapter* a : pending) needs_base |= a->variant->needs_base_output();
+    for (const LayerAdapter* a : pending) needs_base |= a->variant().needs_base_output();
     if (!needs_base) {
       // The first adapter shares the base product's autograd node where its variant can
       // (plain LoRA: functional::lora_linear); any further ones are applied on top.
-      auto y = pending.front()->variant->forward_first(*pending.front(), in, bias);
-      for (size_t i = 1; i < pending.size(); ++i) y = pending[i]->variant->forward(*pending[i], y, in);
+      auto y = pending.front()->variant().forward_first(*pending.front(), in, bias);
+      for (size_t i = 1; i < pending.size(); ++i) y = pending[i]->variant().forward(*pending[i], y, in);
       return y;
     }
     // An adapter rescales the base output (DoRA): x W^T is computed once, without the bias,
     // each adapter is applied in order, then the bias is added.
     in.base = torch::nn::functional::linear(x, weight);
     torch::Tensor y = in.base;
-    for (const Adapter* a : pending) y = a->variant->forward(*a, y, in);
+    for (const LayerAdapter* a : pending) y = a->variant().forward(*a, y, in);
     return bias.defined() ? y + bias : y;
   }
 
@@ -88,9 +88,9 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
     stream << "lora::Linear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
            << ", bias=" << options.bias();
     for (const auto& kv : bank().adapters()) {
-      const std::string variant = kv.second.variant->name();
+      const std::string variant = kv.second.variant().name();
       stream << ", " << kv.first << "=(r=" << kv.second.rank << ", scale=" << kv.second.scale
-             << (variant.empty() ? "" : ", " + variant) << (kv.second.merged ? ", merged" : "") << ")";
+             << (variant.empty() ? "" : ", " + variant) << (kv.second.merged() ? ", merged" : "") << ")";
     }
     stream << ")";
   }

@@ -17,7 +17,7 @@
 #include <memory>
 #include <vector>
 
-#include "adapters.hpp"
+#include "model_adapter.hpp"
 #include "error.hpp"
 
 namespace lora {
@@ -25,7 +25,7 @@ namespace lora {
 /// The parameter groups of LoRA+ for `adapters`: {A at options.lr()}, {B and DoRA magnitudes at
 /// ratio x options.lr()}, {kept-trainable parameters at options.lr()}; empty groups are left
 /// out. Each group carries a copy of `options` with its learning rate.
-inline std::vector<torch::optim::OptimizerParamGroup> loraplus_param_groups(const Adapters& adapters,
+inline std::vector<torch::optim::OptimizerParamGroup> loraplus_param_groups(const ModelAdapter& adapters,
                                                                             const torch::optim::AdamWOptions& options,
                                                                             double ratio) {
   if (!(ratio > 0) || !std::isfinite(ratio))
@@ -52,7 +52,7 @@ inline std::vector<torch::optim::OptimizerParamGroup> loraplus_param_groups(cons
 }
 
 /// torch::optim::AdamW over the LoRA+ groups of `adapters` (see loraplus_param_groups).
-inline torch::optim::AdamW make_loraplus_adamw(const Adapters& adapters, const torch::optim::AdamWOptions& options,
+inline torch::optim::AdamW make_loraplus_adamw(const ModelAdapter& adapters, const torch::optim::AdamWOptions& options,
                                                double ratio) {
   return torch::optim::AdamW(loraplus_param_groups(adapters, options, ratio), options);
 }

@@ -15,10 +15,11 @@
 #include <utility>
 #include <vector>
 
-#include "detail/file_io.hpp"
 #include "detail/match.hpp"
+#include "detail/peft_fields.hpp"
 #include "error.hpp"
 #include "init.hpp"
+#include "io.hpp"
 
 namespace lora::peft {
 
@@ -77,134 +78,12 @@ struct AdapterConfig {
   nlohmann::ordered_json extra = nlohmann::ordered_json::object();
 };
 
-namespace detail {
-
-using lora::detail::str;
-
-/// A number as JSON: an integer when it is one (PEFT writes lora_alpha as an int).
-inline nlohmann::ordered_json number(double v) {
-  if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 9e15) return static_cast<int64_t>(v);
-  return v;
-}
-
-/// Field access with messages that name the file, the field and the value seen.
-class Fields {
- public:
-  Fields(const nlohmann::ordered_json& j, std::string path) : j_(j), path_(std::move(path)) {}
-
-  const nlohmann::ordered_json* find(const char* f) const {
-    const auto it = j_.find(f);
-    return it == j_.end() || it->is_null() ? nullptr : &*it;
-  }
-  [[noreturn]] void fail(const char* f, const std::string& expected) const {
-    std::string seen = j_.contains(f) ? j_.at(f).dump() : "absent";
-    if (seen.size() > 80) seen = seen.substr(0, 77) + "...";
-    throw FileError(str("PEFT adapter config '", path_, "': field \"", f, "\" is ", seen, "; expected ", expected, "."));
-  }
-  [[noreturn]] void unsupported(const char* f, const std::string& why) const {
-    std::string seen = j_.contains(f) ? j_.at(f).dump() : "absent";
-    if (seen.size() > 80) seen = seen.substr(0, 77) + "...";
-    throw ConfigError(str("PEFT adapter config '", path_, "': \"", f, "\": ", seen, " is not supported: ", why));
-  }
-  std::string text(const char* f, const std::string& fallback) const {
-    const auto* v = find(f);
-    if (!v) return fallback;
-    if (!v->is_string()) fail(f, "a string");
-    return v->get<std::string>();
-  }
-  bool boolean(const char* f, bool fallback) const {
-    const auto* v = find(f);
-    if (!v) return fallback;
-    if (!v->is_boolean()) fail(f, "true or false");
-    return v->get<bool>();
-  }
-  double number(const char* f, double fallback) const {
-    const auto* v = find(f);
-    if (!v) return fallback;
-    if (!v->is_number() || !std::isfinite(v->get<double>())) fail(f, "a finite number");
-    return v->get<double>();
-  }
-  /// A list of strings or one string (returned in `single`), or null.
-  std::vector<std::string> names(const char* f, std::string* single) const {
-    std::vector<std::string> out;
-    const auto* v = find(f);
-    if (!v) return out;
-    if (v->is_string() && single) {
-      *single = v->get<std::string>();
-      return out;
-    }
-    if (!v->is_array()) fail(f, single ? "a list of module names, a regex string or null" : "a list of names or null");
-    for (const auto& x : *v) {
-      if (!x.is_string()) fail(f, "a list of strings");
-      out.push_back(x.get<std::string>());
-    }
-    return out;
-  }
-  template <typename V>
-  std::vector<std::pair<std::string, V>> pattern(const char* f, bool integer) const {
-    std::vector<std::pair<std::string, V>> out;
-    const auto* v = find(f);
-    if (!v) return out;
-    if (!v->is_object()) fail(f, "an object mapping module name patterns to values");
-    for (const auto& [k, x] : v->items()) {
-      if (integer ? !x.is_number_integer() : !x.is_number()) fail(f, integer ? "integer values" : "numeric values");
-      out.emplace_back(k, x.template get<V>());
-    }
-    return out;
-  }
-
- private:
-  const nlohmann::ordered_json& j_;
-  std::string path_;
-};
-
-/// The fields of adapter_config.json this library reads (the others go to `extra`).
-inline const std::set<std::string>& known_fields() {
-  static const std::set<std::string> f = {
-      "peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "use_rslora",
-      "use_dora", "fan_in_fan_out", "inference_mode", "modules_to_save", "base_model_name_or_path", "task_type",
-      "init_lora_weights", "rank_pattern", "alpha_pattern"};
-  return f;
-}
-
-/// The init policy for PEFT's init_lora_weights; throws ConfigError for one that changes the base
-/// weight in a way this library cannot reproduce.
-inline Init init_from_peft(const nlohmann::json& v, const std::string& file) {
-  if (v.is_null() || v.is_boolean()) return init::uniform_zero();  // the tensors are loaded anyway
-  if (v.is_string()) {
-    const auto s = v.get<std::string>();
-    if (s == "gaussian") return init::gaussian_zero();
-    if (s == "pissa") return init::pissa();
-    if (s == "olora") return init::olora();
-    throw ConfigError(str("PEFT adapter config '", file, "': init_lora_weights \"", s,
-                          "\" is not supported: it changes the base weights in a way this library cannot reproduce "
-                          "(supported: true, false, \"gaussian\", \"pissa\", \"olora\"). Convert the adapter to "
-                          "plain LoRA in PEFT first (see PEFT's path_initial_model_for_weight_conversion)."));
-  }
-  throw FileError(str("PEFT adapter config '", file, "': init_lora_weights is ", v.dump(),
-                      "; expected true, false or a method name."));
-}
-
-/// PEFT's init_lora_weights for an init policy.
-inline nlohmann::ordered_json init_to_peft(const Init& init) {
-  if (init.name == "gaussian-zero") return "gaussian";
-  if (init.name == "pissa") return "pissa";
-  if (init.name == "olora") return "olora";
-  if (init.changes_base)
-    throw ConfigError(str("lora::peft::save: init policy '", init.name,
-                          "' changes the base weights, which PEFT cannot reproduce from adapter_config.json. "
-                          "Export a merged model instead, or use pissa / olora / an init that keeps the base."));
-  return true;
-}
-
-}  // namespace detail
-
 /// Reads and checks adapter_config.json. Throws FileError for a malformed file or field, and
 /// ConfigError for a valid PEFT option this library does not support (another peft_type, a
 /// bias other than "none", layers_to_transform, lora_bias, trainable tokens, ...).
 inline AdapterConfig read_config(const std::string& path) {
   using detail::str;
-  const auto j = lora::detail::read_json(path, "PEFT adapter config",
+  const auto j = lora::read_json(path, "PEFT adapter config",
                                          "A PEFT adapter folder holds adapter_config.json and adapter_model.safetensors.");
   if (!j.is_object()) throw FileError(str("PEFT adapter config '", path, "' holds a JSON ", j.type_name(), ", not an object."));
   const detail::Fields f(j, path);
@@ -261,7 +140,7 @@ inline nlohmann::json to_json(const AdapterConfig& c) {
   for (const auto& [k, v] : c.extra.items()) j[k] = nlohmann::json::parse(v.dump());
   j["peft_type"] = c.peft_type;
   j["r"] = c.r;
-  j["lora_alpha"] = nlohmann::json::parse(detail::number(c.lora_alpha).dump());
+  j["lora_alpha"] = nlohmann::json::parse(detail::json_number(c.lora_alpha).dump());
   j["lora_dropout"] = c.lora_dropout;
   if (!c.target_modules_regex.empty())
     j["target_modules"] = c.target_modules_regex;
@@ -284,7 +163,7 @@ inline nlohmann::json to_json(const AdapterConfig& c) {
   j["rank_pattern"] = nlohmann::json::object();
   for (const auto& [k, v] : c.rank_pattern) j["rank_pattern"][k] = v;
   j["alpha_pattern"] = nlohmann::json::object();
-  for (const auto& [k, v] : c.alpha_pattern) j["alpha_pattern"][k] = nlohmann::json::parse(detail::number(v).dump());
+  for (const auto& [k, v] : c.alpha_pattern) j["alpha_pattern"][k] = nlohmann::json::parse(detail::json_number(v).dump());
   for (const char* k : {"layers_to_transform", "layers_pattern", "revision"})
     if (!j.contains(k)) j[k] = nullptr;
   return j;
@@ -292,7 +171,7 @@ inline nlohmann::json to_json(const AdapterConfig& c) {
 
 /// Writes adapter_config.json for `c` at `path`, atomically.
 inline void write_config(const std::string& path, const AdapterConfig& c) {
-  lora::detail::write_text_atomic(path, to_json(c).dump(2) + "\n", "PEFT adapter config");
+  lora::write_text_atomic(path, to_json(c).dump(2) + "\n", "PEFT adapter config");
 }
 
 }  // namespace lora::peft

@@ -17,13 +17,13 @@
 #include <utility>
 #include <vector>
 
-#include "adapters.hpp"
+#include "model_adapter.hpp"
 #include "config.hpp"
 #include "detail/layers.hpp"
 #include "detail/match.hpp"
 #include "detail/peft_layout.hpp"
 #include "detail/peft_load_steps.hpp"
-#include "detail/variants.hpp"
+#include "detail/variant_registry.hpp"
 #include "error.hpp"
 #include "inject.hpp"
 #include "peft_config.hpp"
@@ -42,7 +42,7 @@ struct LoadOptions {
 /// Reads a PEFT adapter folder and adds it to `model` (as inject() would, with the file's
 /// config), then copies its tensors. Everything is checked first; on error the model is
 /// unchanged. Returns the handle of the new adapter (named options.adapter_name).
-inline Adapters load(torch::nn::Module& model, const std::string& dir, const LoadOptions& options = {}) {
+inline ModelAdapter load(torch::nn::Module& model, const std::string& dir, const LoadOptions& options = {}) {
   using detail::str;
   namespace fs = std::filesystem;
   const auto config_path = (fs::path(dir) / kConfigFile).string();
@@ -212,7 +212,7 @@ inline Adapters load(torch::nn::Module& model, const std::string& dir, const Loa
 
   // Apply: inject() checks the rest (ranks against layer sizes, the adapter name) before it
   // changes anything; the copies cannot fail after it.
-  Adapters handle = inject(model, cfg);
+  ModelAdapter handle = inject(model, cfg);
   handle.load_state_dict(state, /*strict=*/true);
   torch::NoGradGuard no_grad;
   for (const auto& [path, key] : kept_copies)

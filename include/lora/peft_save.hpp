@@ -17,11 +17,11 @@
 #include <utility>
 #include <vector>
 
-#include "adapters.hpp"
+#include "model_adapter.hpp"
 #include "config.hpp"
 #include "detail/match.hpp"
 #include "detail/peft_layout.hpp"
-#include "detail/variants.hpp"
+#include "detail/variant_registry.hpp"
 #include "error.hpp"
 #include "peft_config.hpp"
 #include "safetensors.hpp"
@@ -36,87 +36,8 @@ struct SaveOptions {
   bool inference_mode = true;
 };
 
-namespace detail {
-
-using lora::detail::pattern_value;
-using lora::detail::regex_escape;
-using lora::detail::starts_with;
-
-inline bool same_number(double a, double b) {
-  return a == b || std::abs(a - b) <= 1e-12 * std::max(std::abs(a), std::abs(b));
-}
-
-/// The lora_alpha that PEFT's rule (alpha / r, or alpha / sqrt(r) with use_rslora) needs to give
-/// this layer its scale s. Policies other than alpha/r and rsLoRA (constant alpha, rank
-/// proportional, custom) have no PEFT field: they are exported as alpha/r with lora_alpha = s * r,
-/// which gives PEFT the very same s (the configured alpha is then not what the file says).
-inline double exported_alpha(int64_t rank, double alpha, double scale, bool rslora) {
-  const double r = static_cast<double>(rank);
-  if (rslora) return same_number(alpha / std::sqrt(r), scale) ? alpha : scale * std::sqrt(r);
-  return same_number(alpha / r, scale) ? alpha : scale * r;
-}
-
-/// The module of a kept-trainable parameter path: its longest prefix that a keep_trainable
-/// pattern matches.
-inline std::string kept_module(const std::string& param_path, const std::vector<std::string>& keep) {
-  std::string best;
-  for (size_t pos = param_path.find('.'); pos != std::string::npos; pos = param_path.find('.', pos + 1)) {
-    const auto prefix = param_path.substr(0, pos);
-    for (const auto& k : keep)
-      if (lora::detail::Pattern(k, "keep_trainable").matches(prefix)) best = prefix;
-  }
-  if (best.empty())
-    throw Error(str("lora::peft: cannot tell which kept-trainable module parameter '", param_path, "' belongs to."));
-  return best;
-}
-
-/// rank_pattern / alpha_pattern entries that give each layer (HF path) its (r, alpha) under
-/// PEFT's rule, with the defaults r0 / alpha0 elsewhere. Tries `rank_hint` / `alpha_hint` first
-/// (the user's own patterns), then one full-path key per layer that differs from the defaults.
-inline void make_patterns(const std::vector<std::tuple<std::string, int64_t, double>>& layers, int64_t r0,
-                          double alpha0, const std::map<std::string, int64_t>* rank_hint,
-                          const std::map<std::string, double>* alpha_hint, AdapterConfig& c) {
-  auto reproduces = [&](const std::vector<std::pair<std::string, int64_t>>& rp,
-                        const std::vector<std::pair<std::string, double>>& ap) {
-    for (const auto& [path, r, a] : layers) {
-      const auto* rv = pattern_value(rp, path, "rank_pattern");
-      const auto* av = pattern_value(ap, path, "alpha_pattern");
-      if ((rv ? *rv : r0) != r || !same_number(av ? *av : alpha0, a)) return false;
-    }
-    return true;
-  };
-  if (rank_hint && alpha_hint) {
-    std::vector<std::pair<std::string, int64_t>> rp(rank_hint->begin(), rank_hint->end());
-    std::vector<std::pair<std::string, double>> ap(alpha_hint->begin(), alpha_hint->end());
-    if (reproduces(rp, ap)) {
-      c.rank_pattern = rp;
-      c.alpha_pattern = ap;
-      return;
-    }
-  }
-  for (const bool anchored : {false, true}) {
-    std::map<std::string, int64_t> rp;  // sorted, as written
-    std::map<std::string, double> ap;
-    for (const auto& [path, r, a] : layers) {
-      const auto key = anchored ? "^" + regex_escape(path) : path;
-      if (r != r0) rp[key] = r;
-      if (!same_number(a, alpha0)) ap[key] = a;
-    }
-    std::vector<std::pair<std::string, int64_t>> rv(rp.begin(), rp.end());
-    std::vector<std::pair<std::string, double>> av(ap.begin(), ap.end());
-    if (reproduces(rv, av)) {
-      c.rank_pattern = rv;
-      c.alpha_pattern = av;
-      return;
-    }
-  }
-  throw Error("lora::peft::save: could not express the per-layer ranks and alphas as PEFT patterns.");
-}
-
-}  // namespace detail
-
 /// The adapter_config.json that save() writes for `adapters`.
-inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& options = {}) {
+inline AdapterConfig make_config(const ModelAdapter& adapters, const SaveOptions& options = {}) {
   using detail::str;
   const Config& cfg = adapters.config();
   if (adapters.layers().empty())
@@ -185,7 +106,7 @@ inline AdapterConfig make_config(const Adapters& adapters, const SaveOptions& op
 /// attention's path, its out_proj under "<attention>.base_layer.out_proj": detail/peft_layout.hpp),
 /// a variant's own (DoRA: ".lora_magnitude_vector"), and each kept-trainable parameter under
 /// "base_model.model.<HF module path>.<param>" (PEFT strips "modules_to_save.<adapter>." on save).
-inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters& adapters,
+inline torch::OrderedDict<std::string, torch::Tensor> make_state(const ModelAdapter& adapters,
                                                                  const SaveOptions& options = {}) {
   const Config& cfg = adapters.config();
   torch::OrderedDict<std::string, torch::Tensor> out;
@@ -201,7 +122,7 @@ inline torch::OrderedDict<std::string, torch::Tensor> make_state(const Adapters&
 /// Writes `adapters` to folder `dir` (created if needed) as PEFT's save_pretrained does:
 /// adapter_model.safetensors (metadata {"format": "pt"}) and adapter_config.json, each written
 /// atomically. Loads in Python with PeftModel.from_pretrained(base_model, dir).
-inline void save(const Adapters& adapters, const std::string& dir, const SaveOptions& options = {}) {
+inline void save(const ModelAdapter& adapters, const std::string& dir, const SaveOptions& options = {}) {
   const auto config = make_config(adapters, options);  // checks before writing anything
   const auto state = make_state(adapters, options);
   std::error_code ec;

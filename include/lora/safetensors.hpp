@@ -1,7 +1,7 @@
 // Reading and writing .safetensors files (https://github.com/huggingface/safetensors):
-// safetensors::File (a validated, memory-mapped file), load() and save(). The format, its
-// validation, TensorInfo and the dtype names (dtype_from_string, dtype_to_string) are in
-// detail/safetensors_header.hpp. Reading memory-maps the file (POSIX); every error is a
+// safetensors::File (a validated, memory-mapped file), load() and save(). TensorInfo and the
+// dtype names (dtype_from_string, dtype_to_string) are in safetensors_types.hpp; the header's
+// parsing, validation and layout in detail/safetensors_format.hpp. Reading memory-maps the file (POSIX); every error is a
 // lora::FileError that names the file.
 #pragma once
 
@@ -24,25 +24,12 @@
 #include <vector>
 
 #include "detail/file_io.hpp"
-#include "detail/safetensors_header.hpp"
+#include "detail/safetensors_format.hpp"
+#include "safetensors_types.hpp"
 #include "error.hpp"
 
 namespace lora::safetensors {
 
-namespace detail {
-
-/// munmap()s a mapping of `size` bytes.
-struct Unmap {
-  size_t size = 0;
-  void operator()(void* p) const {
-    if (p) ::munmap(p, size);
-  }
-};
-
-using lora::detail::os_error;
-using lora::detail::write_all;
-
-}  // namespace detail
 
 /// A validated .safetensors file, memory-mapped (or held in memory, from_bytes).
 class File {
@@ -124,7 +111,7 @@ class File {
   }
 
   /// Takes over a parsed header and indexes its tensors by name.
-  void index(detail::Header header) {
+  void index(detail::SafetensorsHeader header) {
     tensors_ = std::move(header.tensors);
     metadata_ = std::move(header.metadata);
     data_start_ = header.data_start;
@@ -151,81 +138,15 @@ inline torch::OrderedDict<std::string, at::Tensor> load(const std::string& path)
   return out;
 }
 
-namespace detail {
-
-/// A tensor ready to write: contiguous on the CPU, with its dtype entry.
-struct Pending {
-  std::string name;
-  at::Tensor data;
-  const DtypeEntry* dtype;
-};
-
-/// CPU contiguous copies of `tensors` in the Rust crate's file order: dtype rank descending
-/// (so every tensor's offset is a multiple of its element size), then name.
-inline std::vector<Pending> prepare(const torch::OrderedDict<std::string, at::Tensor>& tensors) {
-  std::vector<Pending> out;
-  for (const auto& item : tensors) {
-    if (item.key() == "__metadata__") throw Error("a tensor cannot be called \"__metadata__\" in safetensors");
-    if (!item.value().defined()) throw Error(str("tensor '", item.key(), "' is undefined; cannot save it"));
-    const DtypeEntry* d = find_dtype(dtype_to_string(item.value().scalar_type()));  // throws if unsupported
-    out.push_back({item.key(), item.value().detach().to(at::kCPU).contiguous(), d});
-  }
-  std::sort(out.begin(), out.end(), [](const Pending& a, const Pending& b) {
-    return a.dtype->rank != b.dtype->rank ? a.dtype->rank > b.dtype->rank : a.name < b.name;
-  });
-  return out;
-}
-
-/// `s` as a JSON string literal; throws lora::Error when it is not valid UTF-8.
-inline std::string json_string(const std::string& s) {
-  try {
-    return nlohmann::json(s).dump();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(str("cannot save safetensors: '", s, "' (a tensor name or metadata entry) is not valid UTF-8"));
-  }
-}
-
-/// The header JSON for `tensors` laid out back to back, padded with spaces to a multiple of 8
-/// bytes: byte for byte what the Rust crate writes.
-inline std::string header_json(const std::vector<Pending>& tensors, const std::map<std::string, std::string>& metadata) {
-  std::vector<std::string> entries;
-  if (!metadata.empty()) {
-    std::vector<std::string> kv;
-    for (const auto& [k, v] : metadata) kv.push_back(json_string(k) + ":" + json_string(v));
-    entries.push_back("\"__metadata__\":{" + c10::Join(",", kv) + "}");
-  }
-  uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    const uint64_t end = offset + t.data.nbytes();
-    entries.push_back(str(json_string(t.name), ":{\"dtype\":\"", t.dtype->name, "\",\"shape\":[",
-                          c10::Join(",", t.data.sizes()), "],\"data_offsets\":[", offset, ",", end, "]}"));
-    offset = end;
-  }
-  std::string out = "{" + c10::Join(",", entries) + "}";
-  out.append((8 - out.size() % 8) % 8, ' ');
-  return out;
-}
-
-/// Writes the header length, header and tensor bytes to `fd`.
-inline bool write_file(int fd, const std::string& header, const std::vector<Pending>& tensors) {
-  char length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-  if (!write_all(fd, length, 8) || !write_all(fd, header.data(), header.size())) return false;
-  for (const auto& t : tensors)
-    if (!write_all(fd, t.data.data_ptr(), t.data.nbytes())) return false;
-  return true;
-}
-
-}  // namespace detail
 
 /// Writes `tensors` (any device, a supported dtype) and `metadata` to `path` atomically: to
 /// "<path>.tmp.<pid>", then renamed over `path`. Throws FileError on I/O failure.
 inline void save(const std::string& path, const torch::OrderedDict<std::string, at::Tensor>& tensors,
                  const std::map<std::string, std::string>& metadata = {}) {
-  const auto pending = detail::prepare(tensors);
+  const auto pending = detail::prepare_tensors(tensors);
   const std::string header = detail::header_json(pending, metadata);
-  lora::detail::write_file_atomic(path, "safetensors file",
-                                  [&](int fd) { return detail::write_file(fd, header, pending); });
+  detail::write_file_atomic(path, "safetensors file",
+                                  [&](int fd) { return detail::write_safetensors(fd, header, pending); });
 }
 
 }  // namespace lora::safetensors

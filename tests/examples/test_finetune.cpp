@@ -51,7 +51,7 @@ TEST_CASE("finetune: a few steps, then the adapter folder reloads and gives the 
   CHECK(percent_after(r.out, "reloaded: test accuracy") == printed);  // the program's own check, printed
   REQUIRE(fs::exists(out / "adapter_config.json"));
   REQUIRE(fs::exists(out / "adapter_model.safetensors"));
-  const auto config = lora_test::read_json(out / "adapter_config.json");
+  const auto config = lora::read_json<nlohmann::json>(out / "adapter_config.json");
   CHECK(config.at("r") == 16);
   CHECK(config.at("task_type") == "SEQ_CLS");
 

@@ -25,7 +25,7 @@ TEST_CASE("lora_inspect forward reproduces the fixtures' outputs", "[inspect]") 
   for (const std::string fixture : {"distilbert_seqcls_tiny", "gpt2_hub_layout_tiny"}) {
     const auto dir = lora_test::fixture(fixture);
     LORA_REQUIRE_PATH(dir / "expected.json");
-    const auto expected = lora_test::read_json(dir / "expected.json");
+    const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
     for (const auto& c : expected["cases"]) {
       INFO(fixture << " / " << c["name"]);
       json input = {{"input_ids", c["input_ids"]}, {"attention_mask", c["attention_mask"]}};
@@ -142,7 +142,7 @@ namespace {
 fs::path edited_fixture(const std::string& name, const std::function<void(json&)>& edit) {
   const auto src = lora_test::fixture(name);
   const auto dir = lora_test::temp_dir("edited_" + name);
-  auto config = lora_test::read_json(src / "config.json");
+  auto config = lora::read_json<nlohmann::json>(src / "config.json");
   edit(config);
   std::ofstream(dir / "config.json") << config.dump(2);
   fs::create_symlink(src / "model.safetensors", dir / "model.safetensors");

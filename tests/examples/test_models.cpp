@@ -23,7 +23,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using lora_test::contains;
 using lora_test::error_of;
-using lora_test::read_json;
 using lora_test::temp_dir;
 using lora_test::json_tensor;
 using lora_test::optional_json_tensor;
@@ -79,7 +78,7 @@ void check_distilbert_cases(const json& expected, Run run, bool check_logits) {
 /// Every case of the GPT-2 fixture in `dir`: logits, and where the fixture has them (not in the
 /// committed copies, whose vocabulary is cut down) batch loss, perplexity, per-sequence loss.
 void check_gpt2_fixture(const fs::path& dir) {
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
   const std::string fixture = expected["fixture"];
   const auto tol = tolerance(expected);
   auto m = models::load_gpt2(dir.string());
@@ -166,7 +165,7 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a 
 /// The DistilBERT sequence-classification fixture in `dir` (shared or committed): loading and
 /// every case's outputs.
 void check_distilbert_seqcls(const fs::path& dir) {
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
   auto m = models::load_distilbert(dir.string(), 0, 1);
   CHECK(m.config.num_labels == 4);
   CHECK(m.report.loaded.size() == expected["checkpoint"]["tensors"].size());
@@ -193,7 +192,7 @@ TEST_CASE("DistilBERT matches HF on the committed fixture (tests/fixtures, no sh
 TEST_CASE("DistilBERT masked LM matches HF on distilbert_mlm_layout_tiny", "[models][distilbert]") {
   const auto dir = lora_test::fixture("distilbert_mlm_layout_tiny");
   LORA_REQUIRE_PATH(dir);
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
 
   SECTION("as DistilBertForMaskedLM: vocab_projector tied to the word embeddings") {
     auto m = models::load_distilbert_mlm(dir.string());
@@ -426,7 +425,7 @@ TEST_CASE("Loading fills base weights only and leaves LoRA adapters alone", "[mo
   const auto config = models::read_distilbert_config((dir / "config.json").string());
   models::DistilBertForSequenceClassification model(config);
   auto& q = *model->distilbert->transformer->layer[0]->as<models::DistilBertBlockImpl>()->attention->q_lin;
-  lora::AdapterSpec spec;
+  lora::LayerAdapterSpec spec;
   spec.rank = 4;
   auto& adapter = q.add_adapter("default", spec);
   const auto A = adapter.A.clone();

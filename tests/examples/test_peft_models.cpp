@@ -17,13 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using lora_test::read_json;
 using lora_test::temp_dir;
 using lora_test::json_tensor;
 using lora_test::optional_json_tensor;
 
 /// Random B (and DoRA magnitudes, and kept parameters), so the adapter matters.
-void randomize(const lora::Adapters& a, uint64_t seed) {
+void randomize(const lora::ModelAdapter& a, uint64_t seed) {
   torch::manual_seed(seed);
   torch::NoGradGuard g;
   for (auto& b : a.b_parameters()) b.normal_(0, 0.2);
@@ -34,7 +33,7 @@ void randomize(const lora::Adapters& a, uint64_t seed) {
 /// Inputs of a fixture's cases: (input_ids, attention_mask).
 std::vector<std::pair<torch::Tensor, torch::Tensor>> inputs(const fs::path& dir) {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
   for (const auto& c : expected["cases"])
     out.emplace_back(json_tensor(c["input_ids"], torch::kLong), optional_json_tensor(c["attention_mask"], torch::kLong));
   return out;
@@ -49,7 +48,7 @@ lora_test::ProgramRun inspect(const std::string& args) {
 /// PEFT's logits (and its loss where the fixture has it: not in the committed copy, whose
 /// vocabulary is cut down), and merged it computes the same.
 void check_peft_fixture(const fs::path& dir) {
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
   const double rtol = expected["tolerance"]["rtol"], atol = expected["tolerance"]["atol"];
   auto m = models::load_gpt2(dir.string());
   lora::peft::LoadOptions opts;
@@ -115,7 +114,7 @@ TEST_CASE("PEFT round trip on DistilBERT and GPT-2: save, load into a fresh mode
       so.mapping = models::distilbert_peft_mapping();
       so.task_type = "SEQ_CLS";
       lora::peft::save(a, out.string(), so);
-      const auto c = read_json(out / "adapter_config.json");
+      const auto c = lora::read_json<nlohmann::json>(out / "adapter_config.json");
       CHECK(c["fan_in_fan_out"] == false);
       CHECK(c["task_type"] == "SEQ_CLS");
       CHECK(c["modules_to_save"] == json::array({"classifier"}));
@@ -156,7 +155,7 @@ TEST_CASE("PEFT round trip on DistilBERT and GPT-2: save, load into a fresh mode
     so.task_type = "CAUSAL_LM";
     so.base_model_name_or_path = "gpt2";
     lora::peft::save(a, out.string(), so);
-    const auto c = read_json(out / "adapter_config.json");
+    const auto c = lora::read_json<nlohmann::json>(out / "adapter_config.json");
     CHECK(c["fan_in_fan_out"] == true);
     CHECK(c["use_rslora"] == true);
     CHECK(c["target_modules"] == json::array({"c_attn", "c_proj", "c_fc"}));
@@ -210,7 +209,7 @@ TEST_CASE("merged export: a Hub checkpoint that loads back with the adapted outp
       CHECK(f.contains("transformer.wte.weight"));
       CHECK(f.contains("lm_head.weight") == head);
       for (const auto& t : f.tensors()) CHECK(t.name.find("lora_") == std::string::npos);
-      const auto config = read_json(out / "config.json");
+      const auto config = lora::read_json<nlohmann::json>(out / "config.json");
       CHECK(config["model_type"] == "gpt2");
       CHECK(config["architectures"] == json::array({"GPT2LMHeadModel"}));
       CHECK(config["tie_word_embeddings"] == !head);
@@ -238,7 +237,7 @@ TEST_CASE("merged export: a Hub checkpoint that loads back with the adapted outp
     m.model->eval();
     const auto out = temp_dir("export_distilbert");
     models::export_merged(m.model, out.string());
-    const auto config = read_json(out / "config.json");
+    const auto config = lora::read_json<nlohmann::json>(out / "config.json");
     CHECK(config["id2label"].size() == 4);
     CHECK(config["architectures"] == json::array({"DistilBertForSequenceClassification"}));
     auto back = models::load_distilbert(out.string());
@@ -260,7 +259,7 @@ TEST_CASE("merged export: a Hub checkpoint that loads back with the adapted outp
 TEST_CASE("lora_inspect forward --adapter reproduces the PEFT fixture", "[peft][inspect]") {
   const auto dir = lora_test::fixture("gpt2_lora_adapter_tiny");
   LORA_REQUIRE_PATH(dir / "expected.json");
-  const auto expected = read_json(dir / "expected.json");
+  const auto expected = lora::read_json<nlohmann::json>(dir / "expected.json");
   const double rtol = expected["tolerance"]["rtol"], atol = expected["tolerance"]["atol"];
   for (const auto& c : expected["cases"]) {
     INFO(c["name"]);

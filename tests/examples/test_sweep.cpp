@@ -173,7 +173,7 @@ sweep::EngineHooks quiet(std::ostringstream& sink) {
 
 /// The JSON of `path` (REQUIRE-fails if it does not parse).
 json load(const fs::path& path) {
-  const auto doc = sweep::detail::read_json(path);
+  const auto doc = sweep::detail::read_json_if_valid(path);
   INFO(path.string());
   REQUIRE(doc.has_value());
   return *doc;

@@ -62,7 +62,7 @@ std::string training_key(const fs::path& out, int pid) {
 
 /// results.json's runs without what differs between runs of the same experiment (times, hosts).
 json runs_of(const fs::path& out) {
-  auto r = lora_test::read_json(out / "results.json");
+  auto r = lora::read_json<nlohmann::json>(out / "results.json");
   json runs = r.at("runs");
   for (auto& column : runs)
     for (auto& record : column) {
@@ -89,7 +89,7 @@ TEST_CASE("agnews_sweep: every output, on the tiny fixture", "[programs][sweep]"
     INFO(f);
     CHECK(fs::exists(out / f));
   }
-  const auto results = lora_test::read_json(out / "results.json");
+  const auto results = lora::read_json<nlohmann::json>(out / "results.json");
   const auto& runs = results.at("runs");
   REQUIRE(runs.contains("full"));
   REQUIRE(runs.contains("lora_r2"));
@@ -187,14 +187,14 @@ TEST_CASE("agnews_sweep: --jobs 2 gives the same results as one process", "[prog
   // Every number, per-step loss curves included, equals the one-process run's.
   for (const auto& e : fs::directory_iterator(one / "points")) {
     if (e.path().extension() != ".json") continue;
-    auto a = lora_test::read_json(e.path()).at("results"), b = lora_test::read_json(two / "points" / e.path().filename()).at("results");
+    auto a = lora::read_json<nlohmann::json>(e.path()).at("results"), b = lora::read_json<nlohmann::json>(two / "points" / e.path().filename()).at("results");
     a.erase("wall_time_s");
     b.erase("wall_time_s");
     INFO(e.path().filename().string());
     CHECK(a == b);
   }
   CHECK(runs_of(two) == runs_of(one));
-  CHECK(lora_test::read_json(two / "results.json").at("optimum") == lora_test::read_json(one / "results.json").at("optimum"));
+  CHECK(lora::read_json<nlohmann::json>(two / "results.json").at("optimum") == lora::read_json<nlohmann::json>(one / "results.json").at("optimum"));
   for (const auto& d : {one, two}) fs::remove_all(d);
 }
 
@@ -209,7 +209,7 @@ TEST_CASE("wikitext_sweep: a small sweep on the tiny distilgpt2 fixture", "[prog
                           " --batch-size 8 --threads 1 --ranks 2 --lrs 1e-3 --full-lrs 1e-3 --out " + out.string();
   const auto r = lora_test::run_program(cmd);
   REQUIRE(r.status == 0);
-  const auto results = lora_test::read_json(out / "results.json");
+  const auto results = lora::read_json<nlohmann::json>(out / "results.json");
   const double ppl = results["runs"]["lora_r2"]["0.001"]["test_ppl"];
   // The known value: the untrained model's perplexity on the same 8 test blocks (the first 8
   // blocks of 32 tokens of wiki.test.raw), computed by another program, lora_inspect ppl. LoRA

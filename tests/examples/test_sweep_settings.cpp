@@ -62,7 +62,7 @@ TEST_CASE("sweep: every committed point file of docs/results stays valid for its
       in_grid.insert(sweep::key(p) + ".json");
       if (!fs::exists(sweep::detail::point_path(e.options, p))) continue;
       INFO("point " << sweep::key(p));
-      const auto recorded = lora_test::read_json(sweep::detail::point_path(e.options, p)).at("settings");
+      const auto recorded = lora::read_json<nlohmann::json>(sweep::detail::point_path(e.options, p)).at("settings");
       const auto now = sweep::detail::point_settings(e.options, *e.task, p);
       INFO("differs: " << sweep::detail::settings_diff(now, recorded));
       CHECK(recorded == now);

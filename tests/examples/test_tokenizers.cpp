@@ -92,7 +92,7 @@ std::vector<std::string> random_byte_strings(int count) {
 TEST_CASE("WordPiece matches the reference ids of every fixture case", "[tokenizers]") {
   LORA_REQUIRE_PATH(bert_vocab());
   LORA_REQUIRE_PATH(expected_json());
-  const auto fixture = lora_test::read_json(expected_json());
+  const auto fixture = lora::read_json<nlohmann::json>(expected_json());
   const auto& special = fixture.at("special_ids");
   CHECK(wordpiece().pad_id() == special.at("bert_pad").get<std::int64_t>());
   CHECK(wordpiece().unk_id() == special.at("bert_unk").get<std::int64_t>());
@@ -113,7 +113,7 @@ TEST_CASE("GPT-2 BPE matches the reference ids of every fixture case and decodes
   LORA_REQUIRE_PATH(gpt2_vocab());
   LORA_REQUIRE_PATH(gpt2_merges());
   LORA_REQUIRE_PATH(expected_json());
-  const auto fixture = lora_test::read_json(expected_json());
+  const auto fixture = lora::read_json<nlohmann::json>(expected_json());
   CHECK(bpe().eos_id() == fixture.at("special_ids").at("gpt2_eos").get<std::int64_t>());
   CHECK(bpe().vocab_size() == 50257);
 
@@ -143,7 +143,7 @@ Ids to_original(Ids ids, const Ids& original) {
 /// The committed subset of the fixture (tests/fixtures/tokenizers): its cases, whose reference ids
 /// are those of the whole vocabularies, and the cut-down vocabulary files beside them.
 nlohmann::json committed_tokenizer_fixture() {
-  auto fixture = lora_test::read_json(lora_test::committed_fixture("tokenizers") / "expected.json");
+  auto fixture = lora::read_json<nlohmann::json>(lora_test::committed_fixture("tokenizers") / "expected.json");
   REQUIRE(fixture.at("cases").size() == fixture.at("derived").at("cases_kept").size());
   REQUIRE(fixture.at("cases").size() >= 15);
   return fixture;

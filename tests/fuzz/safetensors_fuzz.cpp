@@ -50,7 +50,7 @@ using Tensors = torch::OrderedDict<std::string, at::Tensor>;
 /// A few tensors of every supported dtype, including a scalar and a zero-size one.
 Tensors every_dtype() {
   Tensors out;
-  for (const auto& d : lora::safetensors::detail::dtype_table()) {
+  for (const auto& d : lora::safetensors::dtypes()) {
     const std::string name = d.name;
     out.insert(name + ".m", at::arange(6, at::kInt).reshape({2, 3}).to(d.type));
     out.insert(name + ".s", at::ones({}, at::kInt).to(d.type));
@@ -85,7 +85,7 @@ void write_dictionary(const std::string& path) {
   for (const char* token : {"\"dtype\":", "\"shape\":", "\"data_offsets\":", "\"__metadata__\":", "{", "}", "[",
                             "]", ",", "null", "-1", "1.5", "18446744073709551615", "9223372036854775808"})
     out << dictionary_entry(token);
-  for (const auto& d : lora::safetensors::detail::dtype_table()) out << dictionary_entry(std::string("\"") + d.name + "\"");
+  for (const auto& d : lora::safetensors::dtypes()) out << dictionary_entry(std::string("\"") + d.name + "\"");
 }
 
 }  // namespace

@@ -31,10 +31,11 @@ TEST_CASE("lora_linear_tiny: every reference case matches", "[fixture][linear]")
     CHECK(s == Approx(c["scaling"].get<double>()));
 
     lora::Linear layer(W.size(1), W.size(0));
-    lora::AdapterSpec spec;
+    lora::LayerAdapterSpec spec;
     spec.rank = r;
     spec.alpha = alpha;
-    spec.scale = s;
+    spec.scaling = scaling;
+    REQUIRE(spec.scale() == s);
     spec.dropout = c["lora_dropout"];
     auto& a = layer->add_adapter("default", spec);
     {

@@ -216,10 +216,10 @@ TEST_CASE("lora::Linear with one, two and merged adapters equals the formula, fo
   torch::manual_seed(19);
   lora::Linear l(12, 10);
   l->to(torch::kDouble);
-  lora::AdapterSpec s;
-  s.rank = 3, s.alpha = 6, s.scale = 2;
+  lora::LayerAdapterSpec s;
+  s.rank = 3, s.alpha = 6;  // s = alpha / r = 2
   auto& a = l->add_adapter("a", s);
-  s.seed = 5, s.scale = 0.5;
+  s.seed = 5, s.alpha = 1.5;  // s = 0.5
   auto& b = l->add_adapter("b", s);
   {
     torch::NoGradGuard g;

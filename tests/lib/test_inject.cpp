@@ -89,14 +89,14 @@ lora::Config config(int64_t r = 4) {
 }
 
 /// Non-zero B everywhere, so adapters change the output.
-void randomize_b(const lora::Adapters& a) {
+void randomize_b(const lora::ModelAdapter& a) {
   torch::NoGradGuard g;
   for (auto& b : a.b_parameters()) b.normal_(0, 0.1);
   a.sync();
 }
 
 template <typename Net>
-std::vector<float> train(Net& net, lora::Adapters& adapters, int steps, int accumulate = 1) {
+std::vector<float> train(Net& net, lora::ModelAdapter& adapters, int steps, int accumulate = 1) {
   torch::manual_seed(99);
   torch::optim::AdamW opt(adapters.parameters(), torch::optim::AdamWOptions(1e-2));
   std::vector<float> losses;
@@ -342,7 +342,7 @@ TEST_CASE("adapter state as named tensors: save, load into a fresh model", "[inj
 }
 
 TEST_CASE("targets: names, suffixes, regex, all-linear without the head, exclude", "[inject][targets]") {
-  auto paths = [](const lora::Adapters& a) {
+  auto paths = [](const lora::ModelAdapter& a) {
     std::vector<std::string> p;
     for (const auto& l : a.layers()) p.push_back(l.path);
     return p;

@@ -125,13 +125,13 @@ std::vector<KindCase> cases() {
 }
 
 /// (A, B) of the adapter "default" of `seq`'s layer.
-std::pair<torch::Tensor, torch::Tensor> ab(const lora::Adapters& a) { return {a.a_parameters().at(0), a.b_parameters().at(0)}; }
+std::pair<torch::Tensor, torch::Tensor> ab(const lora::ModelAdapter& a) { return {a.a_parameters().at(0), a.b_parameters().at(0)}; }
 
 /// A case's model on one path with its adapter, and its base weight before injection.
 struct Adapted {
   torch::nn::Sequential seq;
   torch::Tensor W0;
-  lora::Adapters adapters;
+  lora::ModelAdapter adapters;
 };
 Adapted adapted(const KindCase& k, bool drop_in) {
   std::cout << k.name << (drop_in ? " drop-in" : " plain") << ":\n";
@@ -229,9 +229,9 @@ TEST_CASE("kinds: the drop-in and the plain layer train alike, and merge / unmer
 TEST_CASE("kinds: an Embedding gets PEFT's default init (A = 0, B ~ N(0, 1)) and keeps the padding row", "[kinds]") {
   lora::Embedding e(torch::nn::EmbeddingOptions(300, 40).padding_idx(2));
   const auto W0 = e->weight.detach().clone();
-  lora::AdapterSpec spec;
+  lora::LayerAdapterSpec spec;
   spec.rank = 8;
-  spec.scale = 1;
+  spec.alpha = 8;  // s = alpha / r = 1
   const auto& a = e->add_adapter("default", spec);
   CHECK(a.A.sizes() == torch::IntArrayRef{8, 300});
   CHECK(a.B.sizes() == torch::IntArrayRef{40, 8});
@@ -240,19 +240,19 @@ TEST_CASE("kinds: an Embedding gets PEFT's default init (A = 0, B ~ N(0, 1)) and
   const auto ids = torch::tensor({2, 5, 2}, torch::kLong);
   CHECK(lora_test::allclose(e->forward(ids), F::embedding(ids, W0), 0, 0, "a new adapter is a no-op"));
   // Whatever the init, the padding row gets no adapter (A's padding column is zero) ...
-  lora::AdapterSpec g = spec;
+  lora::LayerAdapterSpec g = spec;
   g.init = lora::init::gaussian_gaussian(1.0);
   const auto& b = e->add_adapter("gaussian", g);
   CHECK(b.A.select(1, 2).abs().max().item<double>() == 0.0);
   CHECK(b.A.select(1, 5).abs().max().item<double>() > 0.0);
   e->remove_adapter("gaussian");
   // ... and no gradient, as the base's padding row gets none.
-  const_cast<lora::Adapter&>(a).A.data().normal_();
+  const_cast<lora::LayerAdapter&>(a).A.data().normal_();
   e->forward(ids).sum().backward();
   CHECK(a.A.grad().select(1, 2).abs().max().item<double>() == 0.0);
   CHECK(a.A.grad().select(1, 5).abs().max().item<double>() > 0.0);
   CHECK(contains(error_of<lora::ConfigError>([&] {
-                   lora::AdapterSpec d = spec;
+                   lora::LayerAdapterSpec d = spec;
                    d.dropout = 0.1;
                    e->add_adapter("dropped", d);
                  }),
@@ -484,7 +484,7 @@ TEST_CASE("kinds: an attention's adapters in PEFT's layout, slices written as on
     CHECK(file.info("base_model.model.self_attn.lora_B.weight").shape == std::vector<int64_t>{3 * E, sliced ? 6 : 3});
     CHECK(file.info("base_model.model.self_attn.base_layer.out_proj.lora_A.weight").shape ==
           std::vector<int64_t>{sliced ? 1 : 3, E});
-    const auto config_json = lora_test::read_json(dir / "adapter_config.json");
+    const auto config_json = lora::read_json<nlohmann::json>(dir / "adapter_config.json");
     CHECK(config_json["target_modules"] == nlohmann::json::array({"self_attn"}));
     auto fresh = make();
     auto loaded = lora::peft::load(*fresh, dir.string());

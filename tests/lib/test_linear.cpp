@@ -2,6 +2,7 @@
 #include <lora/lora.hpp>
 
 #include <map>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -10,11 +11,10 @@
 #include "reference.hpp"
 
 namespace {
-lora::AdapterSpec spec(int64_t r, double alpha, lora::Init init = lora::init::uniform_zero(), uint64_t seed = 7) {
-  lora::AdapterSpec s;
+lora::LayerAdapterSpec spec(int64_t r, double alpha, lora::Init init = lora::init::uniform_zero(), uint64_t seed = 7) {
+  lora::LayerAdapterSpec s;
   s.rank = r;
   s.alpha = alpha;
-  s.scale = alpha / static_cast<double>(r);
   s.init = std::move(init);
   s.seed = seed;
   return s;
@@ -47,6 +47,45 @@ TEST_CASE("lora::Linear without adapters is exactly torch::nn::Linear", "[linear
   REQUIRE_FALSE(nobias->bias.defined());
   REQUIRE(nobias(x).sizes() == torch::IntArrayRef({3, 4, 5}));
 }
+
+TEST_CASE("an adapter's scale comes from its spec's alpha, rank and scaling policy, in one place", "[linear][api]") {
+  // The trap this closes: a spec with rank 16 and alpha 32 once gave s = 1 (an unset field).
+  lora::Linear l(40, 24);
+  lora::LayerAdapterSpec s;
+  s.rank = 16, s.alpha = 32;
+  CHECK(s.scale() == 2.0);
+  CHECK(l->add_adapter("default", s).scale == 2.0);
+  s.scaling = lora::scaling::alpha_over_sqrt_rank();
+  CHECK(l->add_adapter("rs", s).scale == 8.0);
+  s.scaling = lora::scaling::rank_proportional(10);
+  CHECK(l->add_adapter("k", s).scale == 10.0);
+  // inject() resolves it the same way, and reports what the layer holds.
+  torch::nn::Sequential m(lora::Linear(8, 6));
+  lora::Config c;
+  c.rank = 4, c.alpha = 32;
+  const auto handle = lora::inject(*m, c);
+  CHECK(handle.layers()[0].scale == 8.0);
+  CHECK(m[0]->as<lora::Linear>()->adapter("default").scale == 8.0);
+  // A spec without a scaling function cannot resolve a scale: refused, nothing added.
+  s.scaling = {};
+  const auto msg = lora_test::error_of<lora::ConfigError>([&] { l->add_adapter("none", s); });
+  CHECK(lora_test::contains(msg, "must be finite"));
+  CHECK_FALSE(l->has_adapter("none"));
+}
+
+// Internals stay internal: only inject() / peft::load() make handles, only layers change an
+// adapter's variant or merged flag (compile-time checks: they fail the build, not a run).
+static_assert(!std::is_constructible_v<lora::ModelAdapter, std::string, std::vector<lora::detail::Layer>,
+                                       std::vector<lora::LayerInfo>,
+                                       std::vector<std::pair<std::string, torch::Tensor>>, int64_t, lora::Config>,
+              "ModelAdapter's constructor must be private");
+static_assert(std::is_default_constructible_v<lora::ModelAdapter>);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static_assert(std::is_same_v<lora::Adapters, lora::ModelAdapter> && std::is_same_v<lora::Adapter, lora::LayerAdapter> &&
+                  std::is_same_v<lora::AdapterSpec, lora::LayerAdapterSpec>,
+              "the old names stay as (deprecated) aliases for one release");
+#pragma GCC diagnostic pop
 
 TEST_CASE("B = 0 gives output identical to the base", "[linear]") {
   torch::manual_seed(2);
@@ -138,7 +177,7 @@ TEST_CASE("merge and unmerge", "[linear][merge]") {
   auto x = torch::randn({5, 32});
   auto unmerged = l(x).detach();
   l->merge();
-  REQUIRE(l->adapter("default").merged);
+  REQUIRE(l->adapter("default").merged());
   auto merged = l(x).detach();
   REQUIRE(lora_test::allclose(merged, unmerged, 1e-5, 1e-6, "merged vs unmerged"));
   REQUIRE_FALSE(torch::equal(l->weight, W0));

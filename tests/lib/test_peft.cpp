@@ -16,7 +16,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using lora_test::contains;
 using lora_test::error_of;
-using lora_test::read_json;
 using lora_test::temp_dir;
 
 /// Two blocks of q_lin / k_lin / v_lin, a LayerNorm and a head, named like a transformer.
@@ -73,7 +72,7 @@ lora::Config config() {
 }
 
 /// Random B (and magnitude), so the adapter changes the output.
-void randomize(const lora::Adapters& a, uint64_t seed = 5) {
+void randomize(const lora::ModelAdapter& a, uint64_t seed = 5) {
   torch::manual_seed(seed);
   torch::NoGradGuard g;
   for (auto& b : a.b_parameters()) b.normal_(0, 0.3);
@@ -153,7 +152,7 @@ TEST_CASE("peft: adapter_config.json and adapter_model.safetensors in PEFT's lay
   lora::peft::SaveOptions opts;
   opts.base_model_name_or_path = "tiny-net";
   auto s = saved_adapter("layout", config(), opts);
-  const auto c = read_json(s.dir / "adapter_config.json");
+  const auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
   CHECK(c["peft_type"] == "LORA");
   CHECK(c["r"] == 4);
   CHECK(c["lora_alpha"] == 8);
@@ -207,7 +206,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     opts.mapping.to_hf = [](const std::string& p) { return "model." + p; };
     opts.mapping.conv1d = {"q_lin"};
     auto s = saved_adapter("mapping", config(), opts);
-    const auto c = read_json(s.dir / "adapter_config.json");
+    const auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     CHECK(c["fan_in_fan_out"] == true);
     // Not the identity: the adapted layers by full HF path.
     CHECK(c["target_modules"].size() == 5);
@@ -232,7 +231,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     auto cfg = config();
     cfg.scaling = lora::scaling::alpha_over_sqrt_rank();
     auto s = saved_adapter("rslora", cfg);
-    auto c = read_json(s.dir / "adapter_config.json");
+    auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     CHECK(c["use_rslora"] == true);
     CHECK(c["lora_alpha"] == 8);
     Net fresh = copy_of(s.net);
@@ -243,7 +242,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
 
     cfg.scaling = lora::scaling::rank_proportional(3.0);  // s = 3 whatever alpha and r
     s = saved_adapter("propo", cfg);
-    c = read_json(s.dir / "adapter_config.json");
+    c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     CHECK(c["use_rslora"] == false);
     CHECK(c["lora_alpha"] == 12);                          // 3 * r
     CHECK(c["alpha_pattern"] == json({{"head", 6}}));      // 3 * 2 on the rank-2 head
@@ -261,7 +260,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     cfg.rank_pattern.clear();
     cfg.alpha_pattern.clear();
     auto s = saved_adapter("regex", cfg);
-    const auto c = read_json(s.dir / "adapter_config.json");
+    const auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     CHECK(c["target_modules"] == json::array({"layer.1.k_lin", "layer.1.q_lin", "layer.1.v_lin"}));
     Net fresh = copy_of(s.net);
     fresh->eval();
@@ -274,7 +273,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     cfg.rank_pattern = {{"head", 8}};  // head is 16 -> 4
     cfg.allow_rank_above_min = true;
     auto s = saved_adapter("bigrank", cfg);
-    CHECK(read_json(s.dir / "adapter_config.json")["rank_pattern"] == json({{"head", 8}}));
+    CHECK(lora::read_json<nlohmann::json>(s.dir / "adapter_config.json")["rank_pattern"] == json({{"head", 8}}));
     Net fresh = copy_of(s.net);
     fresh->eval();
     auto a = lora::peft::load(*fresh, s.dir.string());
@@ -286,7 +285,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
     auto cfg = config();
     cfg.exclude = {"layer.0.v_lin"};
     auto s = saved_adapter("exclude", cfg);
-    const auto c = read_json(s.dir / "adapter_config.json");
+    const auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     CHECK(c["target_modules"] == json::array({"head", "layer.0.q_lin", "layer.1.q_lin", "layer.1.v_lin"}));
     CHECK_FALSE(c.contains("exclude_modules"));
     CHECK(c["alpha_pattern"] == json({{"v_lin", 4}}));
@@ -298,7 +297,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
   }
   SECTION("a PEFT regex string target and an all-linear file load") {
     auto s = saved_adapter("peftregex");
-    auto c = read_json(s.dir / "adapter_config.json");
+    auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
     c["target_modules"] = ".*(q_lin|v_lin|head)";
     write_json(s.dir / "adapter_config.json", c);
     Net fresh = copy_of(s.net);
@@ -317,7 +316,7 @@ TEST_CASE("peft: HF mapping, Conv1D layers, scaling policies and regex targets",
 
 TEST_CASE("peft: broken or mismatched adapter folders give their error and leave the model unchanged", "[peft][errors]") {
   auto s = saved_adapter("errors");
-  const auto good_config = read_json(s.dir / "adapter_config.json");
+  const auto good_config = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
   const auto good_tensors = lora::safetensors::load((s.dir / "adapter_model.safetensors").string());
   const auto bad = temp_dir("errors_bad");
   auto reset = [&] {
@@ -488,11 +487,10 @@ TEST_CASE("LoRA+: B (and DoRA magnitudes) at ratio x lr, A and kept parameters a
 }
 
 namespace {
-lora::AdapterSpec dora_spec(int64_t r = 4, double alpha = 8, double dropout = 0) {
-  lora::AdapterSpec s;
+lora::LayerAdapterSpec dora_spec(int64_t r = 4, double alpha = 8, double dropout = 0) {
+  lora::LayerAdapterSpec s;
   s.rank = r;
   s.alpha = alpha;
-  s.scale = alpha / static_cast<double>(r);
   s.dropout = dropout;
   s.use_dora = true;
   s.seed = 3;
@@ -561,7 +559,7 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
   const auto W0 = l->weight.detach().clone();
   const auto y = l(x).detach();
   l->merge();
-  CHECK(l->adapter("default").merged);
+  CHECK(l->adapter("default").merged());
   CHECK(lora_test::allclose(l(x), y, 1e-5, 1e-5, "merged"));
   CHECK(lora_test::allclose(l->merged_weight(), l->weight, 0, 0, "nothing pending once merged"));
   l->unmerge();
@@ -575,7 +573,7 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
 
   // DoRA then LoRA merged: the forward of both. Taking the DoRA one out first (it rescaled the
   // weight before the LoRA merge) takes the LoRA one out and puts it back.
-  lora::AdapterSpec plain = dora_spec(2, 2);
+  lora::LayerAdapterSpec plain = dora_spec(2, 2);
   plain.use_dora = false;
   auto& p = l->add_adapter("plain", plain);
   {
@@ -587,8 +585,8 @@ TEST_CASE("DoRA: merge and unmerge", "[dora]") {
   l->merge("plain");
   CHECK(lora_test::allclose(l(x), y2, 1e-4, 1e-4, "both merged"));
   l->unmerge("default");
-  CHECK_FALSE(l->adapter("default").merged);
-  CHECK(l->adapter("plain").merged);
+  CHECK_FALSE(l->adapter("default").merged());
+  CHECK(l->adapter("plain").merged());
   CHECK(lora_test::allclose(l->weight, W0 + p.delta_weight(), 1e-5, 1e-5, "W0 + plain's delta"));
   l->set_adapters_enabled(false);
   CHECK(lora_test::allclose(l->weight, W0, 1e-5, 1e-5, "disabled: the base weight back"));
@@ -647,7 +645,7 @@ TEST_CASE("DoRA through inject(), PEFT files, and its errors", "[dora][peft]") {
   auto cfg = config();
   cfg.use_dora = true;
   auto s = saved_adapter("dora", cfg);
-  const auto c = read_json(s.dir / "adapter_config.json");
+  const auto c = lora::read_json<nlohmann::json>(s.dir / "adapter_config.json");
   CHECK(c["use_dora"] == true);
   const lora::safetensors::File f((s.dir / "adapter_model.safetensors").string());
   CHECK(f.info("base_model.model.layer.0.q_lin.lora_magnitude_vector").shape == std::vector<int64_t>{16});
@@ -748,7 +746,7 @@ TEST_CASE("peft: plain torch::nn::Linear models (the compatibility path) save an
   const auto dir = temp_dir("plain");
   lora::peft::save(a, dir.string());
   // A PEFT file usually has some dropout: loaded here without it (training-only, no place for it).
-  auto c = read_json(dir / "adapter_config.json");
+  auto c = lora::read_json<nlohmann::json>(dir / "adapter_config.json");
   CHECK(c["target_modules"] == json::array({"0", "2"}));
   c["lora_dropout"] = 0.1;
   write_json(dir / "adapter_config.json", c);

@@ -6,11 +6,10 @@
 #include "support.hpp"
 
 namespace {
-lora::AdapterSpec spec(int64_t r, double scale, lora::Init init, uint64_t seed = 11) {
-  lora::AdapterSpec s;
+lora::LayerAdapterSpec spec(int64_t r, double scale, lora::Init init, uint64_t seed = 11) {
+  lora::LayerAdapterSpec s;
   s.rank = r;
-  s.alpha = scale * r;
-  s.scale = scale;
+  s.alpha = scale * r;  // alpha / r = scale
   s.init = std::move(init);
   s.seed = seed;
   return s;

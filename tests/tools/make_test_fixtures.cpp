@@ -57,7 +57,8 @@ void write_file(const fs::path& p, const std::string& bytes) {
   std::cout << "  wrote " << p.string() << " (" << bytes.size() << " bytes)\n";
 }
 
-json read_json(const fs::path& p) { return json::parse(read_file(p)); }
+// (Not lora::read_json: this tool builds without the library, see the safetensors note below.)
+json parse_json_file(const fs::path& p) { return json::parse(read_file(p)); }
 
 // ---- safetensors, read and written here (not with lora::safetensors: the fixture must not
 // depend on the code it tests) ----
@@ -192,8 +193,8 @@ json keep_columns(const json& j, const std::vector<int64_t>& columns) {
 void derive_model(const fs::path& shared, const fs::path& out_root, const ModelFixture& f) {
   const fs::path src = shared / "fixtures" / f.name, out = out_root / f.name;
   std::cout << f.name << ":\n";
-  const json expected = read_json(src / "expected.json");
-  json config = read_json(src / "config.json");
+  const json expected = parse_json_file(src / "expected.json");
+  json config = parse_json_file(src / "config.json");
   const int64_t original_vocab = config.at("vocab_size").get<int64_t>();
 
   std::vector<json> cases;
@@ -308,7 +309,7 @@ void substrings(const std::string& s, std::set<std::string>& out) {
 void derive_tokenizers(const fs::path& shared, const fs::path& out_root, const std::vector<std::string>& keep) {
   const fs::path out = out_root / "tokenizers";
   std::cout << "tokenizers:\n";
-  const json expected = read_json(shared / "fixtures/tokenizers/expected.json");
+  const json expected = parse_json_file(shared / "fixtures/tokenizers/expected.json");
   json cases = json::array();
   for (const auto& name : keep) {
     const auto it = std::find_if(expected["cases"].begin(), expected["cases"].end(),
@@ -339,7 +340,7 @@ void derive_tokenizers(const fs::path& shared, const fs::path& out_root, const s
   // (each merge applied while encoding these cases is, so it is kept, and keeping others beside
   // it changes nothing: the lowest-ranked applicable merge is the same one); the parts and
   // results of those merges, the 256 byte tokens and <|endoftext|>. Merges keep their order.
-  const json vocab = read_json(shared / "data/tokenizers/gpt2/vocab.json");
+  const json vocab = parse_json_file(shared / "data/tokenizers/gpt2/vocab.json");
   std::map<int64_t, std::string> token_of;
   for (const auto& [token, id] : vocab.items()) token_of[id.get<int64_t>()] = token;
   std::set<int64_t> final_ids;

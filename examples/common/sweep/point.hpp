@@ -222,13 +222,12 @@ inline void write_atomic(const fs::path& path, const std::string& content) {
   }
 }
 
-/// The JSON in `path`, or nothing when it cannot be read or parsed.
-inline std::optional<nlohmann::json> read_json(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
+/// The JSON in `path`, or nothing when it cannot be read or parsed (lora::read_json; a point
+/// file that a killed process left half-written is rerun, not an error).
+inline std::optional<nlohmann::json> read_json_if_valid(const fs::path& path) {
   try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
+    return lora::read_json<nlohmann::json>(path.string(), "point file");
+  } catch (const lora::FileError&) {
     return std::nullopt;
   }
 }
@@ -348,7 +347,7 @@ inline std::optional<RunRecord> load_done(const Options& o, const Task& task, co
   const auto path = point_path(o, p);
   std::error_code ec;
   if (!fs::exists(path, ec)) return std::nullopt;
-  const auto doc = read_json(path);
+  const auto doc = read_json_if_valid(path);
   const auto refuse = [&](const std::string& why) {
     return examples::FileError("'" + path.string() + "' is not a valid point file (" + why +
                            "): truncated or edited by hand? The sweep neither counts it as done nor overwrites it. "

@@ -153,7 +153,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
   Model model = task.make_model(p);
   if (!model.module) throw examples::Error("Task::make_model returned no module for point " + key(p) + ".");
   model.module->to(device);
-  lora::Adapters adapters;
+  lora::ModelAdapter adapters;
   int64_t trainable = 0;
   if (run.lora) {
     adapters = lora::inject(*model.module, *run.lora);

@@ -139,7 +139,7 @@ inline torch::optim::AdamWOptions adamw(const TrainSettings& s, double lr) {
 /// AdamW over the adapters (with LoRA+, lora::loraplus_param_groups: B and DoRA magnitudes at
 /// lr * loraplus_ratio, the rest at lr) or, for FullFT (`adapters` null), over every parameter
 /// of the module that requires grad.
-inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const lora::Adapters* adapters,
+inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const lora::ModelAdapter* adapters,
                                                            const TrainSettings& s) {
   if (adapters && s.loraplus_ratio != 1)
     return std::make_unique<torch::optim::AdamW>(lora::loraplus_param_groups(*adapters, adamw(s, s.lr), s.loraplus_ratio),
@@ -163,7 +163,7 @@ inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const
 /// 0), evaluating after each epoch and the test metric after the last. With `adapters` (LoRA)
 /// each step is adapters->step(opt), which keeps torch::nn::Linear layers in sync; without
 /// (FullFT) it is opt.step(). A NaN or infinite loss stops the run and marks it diverged.
-inline TrainResult train(const Model& model, const lora::Adapters* adapters,
+inline TrainResult train(const Model& model, const lora::ModelAdapter* adapters,
                          const std::function<std::vector<Batch>(int64_t)>& epoch_batches, const TrainSettings& s,
                          torch::Device device, const TrainCallbacks& cb = {}) {
   if (!model.module || !model.loss || !model.val_loss || !model.test_metric)

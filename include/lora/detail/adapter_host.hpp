@@ -1,7 +1,7 @@
 // What every layer that carries adapters offers, implemented once: the drop-in layers
 // (lora::Linear, lora::Embedding, lora::Conv1d/2d/3d) and, on the compatibility path, each
 // adapted weight or weight slice of a plain torch::nn layer (parametrization.hpp). A host owns
-// the layer's AdapterBank and says where adapter tensors are registered, which tensor merges
+// the layer's LayerAdapterSet and says where adapter tensors are registered, which tensor merges
 // write into, the layer's kind, and what must happen after a change (the compatibility path
 // recomputes the effective weight).
 #pragma once
@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "../adapter.hpp"
-#include "adapter_bank.hpp"
+#include "../layer_adapter.hpp"
+#include "layer_adapter_set.hpp"
 #include "kind.hpp"
 
 namespace lora::detail {
@@ -22,7 +22,7 @@ namespace lora::detail {
 /// Every check of adapter `spec` on the layer at `path` of kind `kind` with base weight `weight`,
 /// in one place (the layer's own options, then check_adapter_spec); `reparametrized`: the
 /// compatibility path. inject() runs it on every selected layer before changing any.
-inline void check_layer_spec(const AdapterSpec& spec, const std::string& path, const Kind& kind,
+inline void check_layer_spec(const LayerAdapterSpec& spec, const std::string& path, const Kind& kind,
                              const torch::Tensor& weight, bool reparametrized) {
   if (const auto why = kind.unsupported(reparametrized); !why.empty())
     throw ConfigError(str("lora: layer '", path, "' (", kind.name(), ") cannot carry a LoRA adapter: ", why,
@@ -38,7 +38,7 @@ class AdapterHost {
   /// Adds adapter `name`, created as `spec` says (rank, scale, init, variant, ...). `path` names
   /// the layer in error messages. Throws ConfigError for a spec that does not fit the layer;
   /// then nothing has changed.
-  const Adapter& add_adapter(const std::string& name, const AdapterSpec& spec, const std::string& path = "") {
+  const LayerAdapter& add_adapter(const std::string& name, const LayerAdapterSpec& spec, const std::string& path = "") {
     const auto& where = path.empty() ? host_name() : path;
     check(spec, where);
     auto& a = bank_.add(adapter_owner(), where, name, spec, base_weight(), kind());
@@ -46,7 +46,7 @@ class AdapterHost {
     return a;
   }
   /// Every check add_adapter() makes, without adding (inject() checks all layers first).
-  void check(const AdapterSpec& spec, const std::string& path) const {
+  void check(const LayerAdapterSpec& spec, const std::string& path) const {
     check_layer_spec(spec, path, *kind(), base_weight(), reparametrized());
   }
   void remove_adapter(const std::string& name) {
@@ -74,8 +74,8 @@ class AdapterHost {
   }
 
   bool has_adapter(const std::string& name) const { return bank_.has(name); }
-  /// Adapter `name`; throws ConfigError, listing the names there are, if there is none.
-  const Adapter& adapter(const std::string& name) const { return bank_.get(name); }
+  /// The adapter `name`; throws ConfigError, listing the names there are, if there is none.
+  const LayerAdapter& adapter(const std::string& name) const { return bank_.get(name); }
   /// Every adapter's name, sorted.
   std::vector<std::string> adapter_names() const { return bank_.names(); }
   /// The adapters forward() uses, in order (new adapters are active).
@@ -100,10 +100,10 @@ class AdapterHost {
   /// The layer's name in error messages when add_adapter() is given no path.
   virtual std::string host_name() const { return "lora::" + kind()->name(); }
 
-  const AdapterBank& bank() const { return bank_; }
+  const LayerAdapterSet& bank() const { return bank_; }
 
  private:
-  AdapterBank bank_;
+  LayerAdapterSet bank_;
 };
 
 }  // namespace lora::detail

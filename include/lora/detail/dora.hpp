@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../functional.hpp"
 #include "../init.hpp"
 #include "variant.hpp"
@@ -27,11 +27,11 @@ class Dora final : public Variant {
   const char* name() const override { return "dora"; }
   const char* option() const override { return "use_dora"; }
   std::vector<AdapterTensor> extra_tensors() const override {
-    return {{kMagnitude, kMagnitude, &Adapter::magnitude,
+    return {{kMagnitude, kMagnitude, &LayerAdapter::magnitude,
              [](int64_t out, int64_t, int64_t) { return std::vector<int64_t>{out}; }}};  // (out)
   }
 
-  void init(Adapter& a, const InitContext& ctx, const torch::TensorOptions& options) const override {
+  void init(LayerAdapter& a, const InitContext& ctx, const torch::TensorOptions& options) const override {
     torch::NoGradGuard no_grad;
     auto norm = torch::addmm(ctx.weight, ctx.B, ctx.A, /*beta=*/1, /*alpha=*/ctx.scale).norm(2, {1});
     a.magnitude = norm.to(options).detach().set_requires_grad(true);
@@ -40,21 +40,21 @@ class Dora final : public Variant {
   /// DoRA rescales the base output: with several adapters, each DoRA one replaces the base
   /// output's share of `y` by its rescaled version, (m/n - 1) x W^T + (m/n) s lora(x) more.
   bool needs_base_output() const override { return true; }
-  torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
+  torch::Tensor forward(const LayerAdapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
     auto t = functional::add_dora(in.base, in.x, in.weight, a.A, a.B, a.magnitude, a.scale, a.dropout, in.training);
     return y.is_same(in.base) ? t : y + (t - in.base);
   }
 
   /// The merge rescales the whole weight, so it does not commute with the others.
   bool merge_adds() const override { return false; }
-  torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const override {
+  torch::Tensor merge(const LayerAdapter& a, const torch::Tensor& weight) const override {
     torch::NoGradGuard no_grad;
     const auto norm = functional::dora_weight_norm(weight, a.A, a.B, a.scale);
     const auto factor = (a.magnitude.detach().to(norm.dtype()) / norm).unsqueeze(1);  // (out, 1)
     weight.copy_((weight + a.delta_weight().to(weight.dtype())).mul_(factor.to(weight.dtype())));
     return factor;
   }
-  void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& factor) const override {
+  void unmerge(const LayerAdapter& a, const torch::Tensor& weight, const torch::Tensor& factor) const override {
     torch::NoGradGuard no_grad;
     weight.div_(factor.to(weight.dtype())).sub_(a.delta_weight().to(weight.dtype()));
   }

@@ -1,14 +1,12 @@
-// File helpers of the library: an EINTR-safe write loop, atomic file replacement, and reading
-// a JSON file with errors that name it. Every failure is a lora::FileError.
+// File helpers of the library: an EINTR-safe write loop and atomic file replacement. Every
+// failure is a lora::FileError. lora/io.hpp builds the public helpers on them.
 #pragma once
 
 #include <fcntl.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <string>
 
 #include "../error.hpp"
@@ -56,23 +54,6 @@ void write_file_atomic(const std::string& path, const char* what, Writer&& write
   if (dfd >= 0) {  // best effort: the file is complete either way
     ::fsync(dfd);
     ::close(dfd);
-  }
-}
-
-/// Writes `text` to `path` atomically (see write_file_atomic).
-inline void write_text_atomic(const std::string& path, const std::string& text, const char* what = "file") {
-  write_file_atomic(path, what, [&](int fd) { return write_all(fd, text.data(), text.size()); });
-}
-
-/// Reads the JSON file at `path`, key order kept. FileError names `what` (e.g. "PEFT adapter
-/// config") and `path` when the file cannot be opened (with `hint` appended) or parsed.
-inline nlohmann::ordered_json read_json(const std::string& path, const char* what, const std::string& hint = "") {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(str("cannot open ", what, " '", path, "'.", hint.empty() ? "" : " ", hint));
-  try {
-    return nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw FileError(str(what, " '", path, "' is not valid JSON (", e.what(), ")."));
   }
 }
 

@@ -24,7 +24,7 @@
 #include <vector>
 
 namespace lora {
-struct Adapter;
+struct LayerAdapter;
 }  // namespace lora
 
 namespace lora::detail {
@@ -86,15 +86,15 @@ class Kind {
 
   /// y + adapter `a`'s branch for the layer's input `x`, computed without forming delta W:
   /// s * B(A(dropout(x))) in the layer's output layout (the drop-in path).
-  virtual torch::Tensor add_branch(const Adapter& a, const torch::Tensor& y, const torch::Tensor& x,
+  virtual torch::Tensor add_branch(const LayerAdapter& a, const torch::Tensor& y, const torch::Tensor& x,
                                    bool training) const = 0;
   /// s * (B A) in the weight's layout (the part of W the view covers): what a merge adds.
-  virtual torch::Tensor delta(const Adapter& a) const;
+  virtual torch::Tensor delta(const LayerAdapter& a) const;
 };
 
 /// A as the matrix (r, in_m) and B as (out_m, r), whatever shapes they are stored in (views).
-/// Defined in adapter.hpp, with Kind::delta, where Adapter is complete.
-inline torch::Tensor a_matrix(const Adapter& a);
-inline torch::Tensor b_matrix(const Adapter& a);
+/// Defined in layer_adapter.hpp, with Kind::delta, where LayerAdapter is complete.
+inline torch::Tensor a_matrix(const LayerAdapter& a);
+inline torch::Tensor b_matrix(const LayerAdapter& a);
 
 }  // namespace lora::detail

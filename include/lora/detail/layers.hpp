@@ -1,4 +1,4 @@
-// The model's layers as inject() and the Adapters handle see them: which modules are the
+// The model's layers as inject() and the ModelAdapter handle see them: which modules are the
 // library's own, which layers can carry an adapter, and one such layer of any kind: a drop-in
 // layer of the library's (lora::Linear, lora::Embedding, lora::Conv1d/2d/3d), a plain torch::nn
 // layer (Linear, Embedding, Conv1d/2d/3d; the compatibility path, parametrization.hpp), or a
@@ -24,7 +24,7 @@
 #include "../kinds/linear.hpp"
 #include "adapter_host.hpp"
 #include "parametrization.hpp"
-#include "variants.hpp"
+#include "variant_registry.hpp"
 
 namespace lora::detail {
 
@@ -73,7 +73,7 @@ struct Layer {
   bool adapted() const { return host && !host->adapter_names().empty(); }
 
   bool has_adapter(const std::string& n) const { return host && host->has_adapter(n); }
-  const Adapter& adapter(const std::string& n) const { return get().adapter(n); }
+  const LayerAdapter& adapter(const std::string& n) const { return get().adapter(n); }
   std::vector<std::string> adapter_names() const { return host ? host->adapter_names() : std::vector<std::string>{}; }
   void set_active(const std::vector<std::string>& names) const { get().set_active_adapters(names); }
   void merge(const std::string& n) const { get().merge(n); }
@@ -87,9 +87,9 @@ struct Layer {
     if (host) host->sync();
   }
   /// Every check add() makes, before anything changes.
-  void check(const AdapterSpec& spec) const { check_layer_spec(spec, path, *kind, weight(), !drop_in); }
+  void check(const LayerAdapterSpec& spec) const { check_layer_spec(spec, path, *kind, weight(), !drop_in); }
   /// Adds adapter `name` (for a plain layer, creating its parametrization on first use).
-  void add(const std::string& name, const AdapterSpec& spec) {
+  void add(const std::string& name, const LayerAdapterSpec& spec) {
     if (!host) host = &WeightParametrizationImpl::of(module, slot, param)->part(part, kind, path);
     host->add_adapter(name, spec, path);
   }
@@ -101,11 +101,9 @@ struct Layer {
   }
 };
 
-namespace layer_detail {
-
 /// The layer of a plain module `m` at `path` whose weight `slot` reads, of kind `kind`, with
 /// its existing part if it has adapters.
-inline Layer plain(const std::string& path, const std::shared_ptr<torch::nn::Module>& m,
+inline Layer plain_layer(const std::string& path, const std::shared_ptr<torch::nn::Module>& m,
                    std::shared_ptr<const Kind> kind, WeightParametrizationImpl::Slot slot,
                    const std::string& param = "weight", const std::string& part = "") {
   Layer l;
@@ -121,20 +119,17 @@ inline Layer plain(const std::string& path, const std::shared_ptr<torch::nn::Mod
 }
 
 template <size_t D, typename Impl>
-bool add_conv(const std::string& path, const std::shared_ptr<torch::nn::Module>& m, std::vector<Layer>& out) {
+bool add_conv_layer(const std::string& path, const std::shared_ptr<torch::nn::Module>& m, std::vector<Layer>& out) {
   const auto c = std::dynamic_pointer_cast<Impl>(m);
   if (!c) return false;
-  out.push_back(plain(path, m, std::make_shared<const kinds::Conv<D>>(c->options),
+  out.push_back(plain_layer(path, m, std::make_shared<const kinds::Conv<D>>(c->options),
                       [](torch::nn::Module& x) -> torch::Tensor& { return dynamic_cast<Impl&>(x).weight; }));
   return true;
 }
 
-}  // namespace layer_detail
-
 /// Every layer of `model` that can carry adapters (each module once, under its first path), in
 /// registration order; an attention's in_proj parts come right after the attention.
 inline std::vector<Layer> layers_of(torch::nn::Module& model) {
-  using layer_detail::plain;
   std::vector<Layer> out;
   std::set<const torch::nn::Module*> seen;
   for (const auto& [path, m] : user_modules(model)) {
@@ -149,24 +144,24 @@ inline std::vector<Layer> layers_of(torch::nn::Module& model) {
       out.push_back(std::move(l));
     } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(m)) {
       static const auto linear = std::make_shared<const kinds::Linear>();
-      out.push_back(plain(path, m, linear, [](torch::nn::Module& x) -> torch::Tensor& {
+      out.push_back(plain_layer(path, m, linear, [](torch::nn::Module& x) -> torch::Tensor& {
         return dynamic_cast<torch::nn::LinearImpl&>(x).weight;
       }));
     } else if (const auto e = std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(m)) {
       std::optional<int64_t> pad;
       if (e->options.padding_idx()) pad = *e->options.padding_idx();
-      out.push_back(plain(path, m, std::make_shared<const kinds::Embedding>(pad, e->options.scale_grad_by_freq()),
+      out.push_back(plain_layer(path, m, std::make_shared<const kinds::Embedding>(pad, e->options.scale_grad_by_freq()),
                           [](torch::nn::Module& x) -> torch::Tensor& {
                             return dynamic_cast<torch::nn::EmbeddingImpl&>(x).weight;
                           }));
-    } else if (layer_detail::add_conv<1, torch::nn::Conv1dImpl>(path, m, out) ||
-               layer_detail::add_conv<2, torch::nn::Conv2dImpl>(path, m, out) ||
-               layer_detail::add_conv<3, torch::nn::Conv3dImpl>(path, m, out)) {
+    } else if (add_conv_layer<1, torch::nn::Conv1dImpl>(path, m, out) ||
+               add_conv_layer<2, torch::nn::Conv2dImpl>(path, m, out) ||
+               add_conv_layer<3, torch::nn::Conv3dImpl>(path, m, out)) {
     } else if (const auto a = std::dynamic_pointer_cast<torch::nn::MultiheadAttentionImpl>(m)) {
       if (!a->_qkv_same_embed_dim || !a->in_proj_weight.defined()) continue;  // separate q/k/v weights: not supported
       for (const char* const* part = kinds::InProj::parts(); *part; ++part) {
         const std::string p = *part;
-        out.push_back(plain(path + ".in_proj" + (p.empty() ? "" : "." + p), m,
+        out.push_back(plain_layer(path + ".in_proj" + (p.empty() ? "" : "." + p), m,
                             std::make_shared<const kinds::InProj>(p, a->options.embed_dim()),
                             [](torch::nn::Module& x) -> torch::Tensor& {
                               return dynamic_cast<torch::nn::MultiheadAttentionImpl&>(x).in_proj_weight;

@@ -9,8 +9,8 @@
 // computed by an autograd function whose backward routes dL/dW_eff to A and B:
 //     dL/dA = s * B^T (dL/dM)     dL/dB = s * (dL/dM) A^T      (M: the kind's view of W)
 // W0 stays the registered parameter (frozen), so state dicts and model->to() see the base.
-// W_eff must be recomputed whenever A or B change: Adapters::step(optimizer) does it after each
-// step, Adapters::sync() on demand, and model->to(...) does it by itself. A backward pass
+// W_eff must be recomputed whenever A or B change: ModelAdapter::step(optimizer) does it after each
+// step, ModelAdapter::sync() on demand, and model->to(...) does it by itself. A backward pass
 // through a stale W_eff throws lora::StaleWeightError instead of computing wrong gradients.
 //
 // One WeightParametrizationImpl per adapted tensor, registered on the layer as the child
@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "adapter_host.hpp"
 #include "kind.hpp"
 #include "variant.hpp"
@@ -102,9 +102,9 @@ class WeightPart final : public AdapterHost {
   void sync() override;
   const std::string& path() const { return path_; }
   /// The adapters to add to the weight now (active, unmerged, enabled).
-  std::vector<const Adapter*> pending() const { return bank().pending(); }
+  std::vector<const LayerAdapter*> pending() const { return bank().pending(); }
   /// Every adapter on this part, by name.
-  const std::map<std::string, Adapter>& adapters() const { return bank().adapters(); }
+  const std::map<std::string, LayerAdapter>& adapters() const { return bank().adapters(); }
 
  protected:
   torch::nn::Module& adapter_owner() override;
@@ -166,8 +166,8 @@ class WeightParametrizationImpl : public torch::nn::Module {
     torch::AutoGradMode grad_on(true);
     torch::Tensor eff = base_;
     for (const auto& [name, part] : parts_)
-      for (const Adapter* a : part->pending()) {
-        const auto v = a->kind->view();
+      for (const LayerAdapter* a : part->pending()) {
+        const auto v = a->kind().view();
         eff = LoraWeightFunction::apply(eff, a->A, a->B, a->scale, v.transpose, v.row_offset, v.rows, part->path());
       }
     w = eff.is_same(base_) ? base_ : eff;  // exactly the base without adapters: no op on the forward path
@@ -192,7 +192,7 @@ class WeightParametrizationImpl : public torch::nn::Module {
     torch::NoGradGuard no_grad;
     auto w = base_.detach().clone();
     for (const auto& [name, part] : parts_)
-      for (const Adapter* a : part->pending()) a->variant->merge(*a, w);
+      for (const LayerAdapter* a : part->pending()) a->variant().merge(*a, w);
     return w;
   }
   bool has_pending_adapters() const {
@@ -212,7 +212,7 @@ class WeightParametrizationImpl : public torch::nn::Module {
     f(base_);
     for (const auto& [name, part] : parts_)
       for (const auto& [adapter, a] : part->adapters())
-        for (const auto& t : a.variant->tensors(*a.kind)) {
+        for (const auto& t : a.variant().tensors(a.kind())) {
           auto tensor = a.*t.member;  // same TensorImpl as the registered parameter
           f(tensor);
         }

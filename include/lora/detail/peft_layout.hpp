@@ -1,4 +1,6 @@
-// How an adapter's layers read in a PEFT file: each one's module path there and its tensors.
+// How an adapter's layers read in a PEFT folder: each one's module path and tensors in
+// adapter_model.safetensors, and its rank and alpha in adapter_config.json (the lora_alpha that
+// gives it its scale, rank_pattern / alpha_pattern entries).
 // Most layers map one to one ("base_model.model.<HF path>.lora_A.weight", Embedding's
 // ".lora_embedding_A"). A torch::nn::MultiheadAttention is PEFT's one exception:
 //  - PEFT adapts its in_proj under the attention's own path ("<attention>.lora_A.weight",
@@ -15,19 +17,22 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
-#include "../adapters.hpp"
+#include "../model_adapter.hpp"
 #include "../error.hpp"
 #include "../peft_config.hpp"
-#include "variants.hpp"
+#include "match.hpp"
+#include "variant_registry.hpp"
 
-namespace lora::peft::detail {
+namespace lora::detail {
 
 /// One layer as PEFT sees it.
 struct PeftLayer {
@@ -51,7 +56,7 @@ inline std::string attention_of(const std::string& path) {
 }
 
 /// `adapters` as PEFT lays it out (see the top). `rslora`: the file's scaling rule.
-inline std::vector<PeftLayer> peft_layers(const Adapters& adapters, const HfMapping& mapping, bool rslora) {
+inline std::vector<PeftLayer> peft_layers(const ModelAdapter& adapters, const peft::HfMapping& mapping, bool rslora) {
   const auto state = adapters.state_dict();
   const auto& infos = adapters.layers();
   std::vector<PeftLayer> out;
@@ -137,4 +142,78 @@ inline std::vector<PeftLayer> peft_layers(const Adapters& adapters, const HfMapp
   return out;
 }
 
-}  // namespace lora::peft::detail
+// What adapter_config.json says of the layers: the lora_alpha that gives each its scale, and
+// the rank_pattern / alpha_pattern entries.
+
+inline bool same_number(double a, double b) {
+  return a == b || std::abs(a - b) <= 1e-12 * std::max(std::abs(a), std::abs(b));
+}
+
+/// The lora_alpha that PEFT's rule (alpha / r, or alpha / sqrt(r) with use_rslora) needs to give
+/// this layer its scale s. Policies other than alpha/r and rsLoRA (constant alpha, rank
+/// proportional, custom) have no PEFT field: they are exported as alpha/r with lora_alpha = s * r,
+/// which gives PEFT the very same s (the configured alpha is then not what the file says).
+inline double exported_alpha(int64_t rank, double alpha, double scale, bool rslora) {
+  const double r = static_cast<double>(rank);
+  if (rslora) return same_number(alpha / std::sqrt(r), scale) ? alpha : scale * std::sqrt(r);
+  return same_number(alpha / r, scale) ? alpha : scale * r;
+}
+
+/// The module of a kept-trainable parameter path: its longest prefix that a keep_trainable
+/// pattern matches.
+inline std::string kept_module(const std::string& param_path, const std::vector<std::string>& keep) {
+  std::string best;
+  for (size_t pos = param_path.find('.'); pos != std::string::npos; pos = param_path.find('.', pos + 1)) {
+    const auto prefix = param_path.substr(0, pos);
+    for (const auto& k : keep)
+      if (lora::detail::Pattern(k, "keep_trainable").matches(prefix)) best = prefix;
+  }
+  if (best.empty())
+    throw Error(str("lora::peft: cannot tell which kept-trainable module parameter '", param_path, "' belongs to."));
+  return best;
+}
+
+/// rank_pattern / alpha_pattern entries that give each layer (HF path) its (r, alpha) under
+/// PEFT's rule, with the defaults r0 / alpha0 elsewhere. Tries `rank_hint` / `alpha_hint` first
+/// (the user's own patterns), then one full-path key per layer that differs from the defaults.
+inline void make_patterns(const std::vector<std::tuple<std::string, int64_t, double>>& layers, int64_t r0,
+                          double alpha0, const std::map<std::string, int64_t>* rank_hint,
+                          const std::map<std::string, double>* alpha_hint, peft::AdapterConfig& c) {
+  auto reproduces = [&](const std::vector<std::pair<std::string, int64_t>>& rp,
+                        const std::vector<std::pair<std::string, double>>& ap) {
+    for (const auto& [path, r, a] : layers) {
+      const auto* rv = pattern_value(rp, path, "rank_pattern");
+      const auto* av = pattern_value(ap, path, "alpha_pattern");
+      if ((rv ? *rv : r0) != r || !same_number(av ? *av : alpha0, a)) return false;
+    }
+    return true;
+  };
+  if (rank_hint && alpha_hint) {
+    std::vector<std::pair<std::string, int64_t>> rp(rank_hint->begin(), rank_hint->end());
+    std::vector<std::pair<std::string, double>> ap(alpha_hint->begin(), alpha_hint->end());
+    if (reproduces(rp, ap)) {
+      c.rank_pattern = rp;
+      c.alpha_pattern = ap;
+      return;
+    }
+  }
+  for (const bool anchored : {false, true}) {
+    std::map<std::string, int64_t> rp;  // sorted, as written
+    std::map<std::string, double> ap;
+    for (const auto& [path, r, a] : layers) {
+      const auto key = anchored ? "^" + regex_escape(path) : path;
+      if (r != r0) rp[key] = r;
+      if (!same_number(a, alpha0)) ap[key] = a;
+    }
+    std::vector<std::pair<std::string, int64_t>> rv(rp.begin(), rp.end());
+    std::vector<std::pair<std::string, double>> av(ap.begin(), ap.end());
+    if (reproduces(rv, av)) {
+      c.rank_pattern = rv;
+      c.alpha_pattern = av;
+      return;
+    }
+  }
+  throw Error("lora::peft::save: could not express the per-layer ranks and alphas as PEFT patterns.");
+}
+
+}  // namespace lora::detail

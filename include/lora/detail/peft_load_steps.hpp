@@ -18,16 +18,9 @@
 #include "../safetensors.hpp"
 #include "layers.hpp"
 #include "match.hpp"
-#include "variants.hpp"
+#include "variant_registry.hpp"
 
-namespace lora::peft {
-
-namespace detail {
-
-using lora::detail::ends_with;
-using lora::detail::pattern_value;
-using lora::detail::regex_escape;
-using lora::detail::starts_with;
+namespace lora::detail {
 
 /// PEFT's target / exclude rule: a list entry equal to the path or a trailing part of it, or a
 /// string regex matching the whole path.
@@ -38,7 +31,7 @@ inline bool peft_selects(const std::vector<std::string>& names, const std::strin
 }
 
 /// Every module path of the model (our paths) -> its HF path; throws on two paths mapped to one.
-inline std::map<std::string, std::string> hf_to_ours(torch::nn::Module& model, const HfMapping& mapping) {
+inline std::map<std::string, std::string> hf_to_ours(torch::nn::Module& model, const peft::HfMapping& mapping) {
   std::map<std::string, std::string> out;
   for (const auto& m : lora::detail::user_modules(model)) {
     const auto hf = mapping.hf_path(m.first);
@@ -75,7 +68,7 @@ inline SortedTensors sort_tensors(const safetensors::File& file,
   auto& per_layer = out.per_layer;
   auto& kept_keys = out.kept_keys;
   auto& strays = out.strays;
-  const std::string prefix = kPrefix;
+  const std::string prefix = peft::kPrefix;
   for (const auto& t : file.tensors())
     if (!detail::starts_with(t.name, prefix))
       throw FileError(str("PEFT adapter file '", weights_path, "': tensor '", t.name, "' does not start with '",
@@ -116,7 +109,7 @@ inline SortedTensors sort_tensors(const safetensors::File& file,
 
 /// target_modules (and exclude_modules) of `pc` must select exactly the layers of `per_layer`;
 /// for "all-linear" (whose output-layer rule depends on the HF class) the file decides.
-inline void check_selection(torch::nn::Module& model, const HfMapping& mapping, const AdapterConfig& pc,
+inline void check_selection(torch::nn::Module& model, const peft::HfMapping& mapping, const peft::AdapterConfig& pc,
                             const std::map<std::string, const lora::detail::Layer*>& layer_by_hf,
                             const std::map<std::string, LayerKeys>& per_layer, const std::string& dir,
                             const std::string& config_path) {
@@ -133,7 +126,7 @@ inline void check_selection(torch::nn::Module& model, const HfMapping& mapping, 
                             "). The adapter is for another model."));
     }
     if (!per_layer.count(hf))
-      throw FileError(str("PEFT adapter '", dir, "': target_modules selects layer '", hf, "' but ", kWeightsFile,
+      throw FileError(str("PEFT adapter '", dir, "': target_modules selects layer '", hf, "' but ", peft::kWeightsFile,
                           " has no tensors for it. The two files do not belong together."));
   }
   for (const auto& kv : per_layer) {
@@ -143,7 +136,7 @@ inline void check_selection(torch::nn::Module& model, const HfMapping& mapping, 
                                                                 : kv.first;
     if (!detail::peft_selects(pc.target_modules, pc.target_modules_regex, selected, "target_modules") ||
         detail::peft_selects(pc.exclude_modules, pc.exclude_modules_regex, selected, "exclude_modules"))
-      throw ConfigError(str("PEFT adapter '", dir, "': ", kWeightsFile, " has tensors for layer '", kv.first,
+      throw ConfigError(str("PEFT adapter '", dir, "': ", peft::kWeightsFile, " has tensors for layer '", kv.first,
                             "', which target_modules ", pc.target_modules_regex.empty() ? "" : "(a regex) ",
                             "does not select. The two files do not belong together."));
   }
@@ -175,7 +168,7 @@ inline std::vector<std::pair<std::string, std::string>> kept_copies(
     for (const auto& [name, t] : params) present += kept_keys.count(hf + "." + name);
     if (present != 0 && present != params.size())
       throw FileError(str("PEFT adapter '", dir, "': modules_to_save module '", hf, "' has ", present, " of its ",
-                          params.size(), " parameters in ", kWeightsFile, "; expected all of them."));
+                          params.size(), " parameters in ", peft::kWeightsFile, "; expected all of them."));
     for (const auto& [name, t] : params) {
       const auto it = kept_keys.find(hf + "." + name);
       if (it == kept_keys.end()) continue;
@@ -198,6 +191,4 @@ inline std::vector<std::pair<std::string, std::string>> kept_copies(
   return copies;
 }
 
-}  // namespace detail
-
-}  // namespace lora::peft
+}  // namespace lora::detail

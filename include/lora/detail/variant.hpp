@@ -3,9 +3,9 @@
 // detail/kind.hpp); its variant says which tensors it adds and how it creates them, how
 // forward() applies the adapter, and how the adapter merges into the base weight and comes back
 // out. The code that creates, runs, merges and saves
-// adapters (AdapterBank, lora::Linear, lora::Adapters, lora::peft) asks the adapter's variant
+// adapters (LayerAdapterSet, lora::Linear, lora::ModelAdapter, lora::peft) asks the adapter's variant
 // instead of knowing any. Plain LoRA is PlainLora below; DoRA is detail/dora.hpp;
-// detail/variants.hpp lists the variants and picks one from the options.
+// detail/variant_registry.hpp lists the variants and picks one from the options.
 #pragma once
 
 #include <torch/nn/functional/linear.h>
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../functional.hpp"
 #include "../init.hpp"
 #include "kind.hpp"
@@ -25,11 +25,11 @@ namespace lora::detail {
 struct AdapterTensor {
   /// Registered on the layer as "<holder>.<adapter name>.weight" (PEFT's in-memory name).
   const char* holder;
-  /// Named "<layer path>.<key>" in Adapters::state_dict() and "base_model.model.<HF path>.<key>"
+  /// Named "<layer path>.<key>" in ModelAdapter::state_dict() and "base_model.model.<HF path>.<key>"
   /// in PEFT files.
   const char* key;
-  /// Where the Adapter holds it.
-  torch::Tensor Adapter::*member;
+  /// Where the LayerAdapter holds it.
+  torch::Tensor LayerAdapter::*member;
   /// A variant's own tensor: its shape for rank r on a layer whose matrix view is (out, in)
   /// (A's and B's shapes are their kind's: Kind::a_shape, b_shape).
   std::vector<int64_t> (*shape)(int64_t out, int64_t in, int64_t rank) = nullptr;
@@ -43,15 +43,15 @@ struct ForwardInput {
   bool training = false;
 };
 
-/// What one kind of adapter does. The instances are stateless (detail/variants.hpp holds one of
-/// each); an adapter's own state lives in its Adapter, its merge state in what merge() returns.
+/// What one kind of adapter does. The instances are stateless (detail/variant_registry.hpp holds one of
+/// each); an adapter's own state lives in its LayerAdapter, its merge state in what merge() returns.
 class Variant {
  public:
   virtual ~Variant() = default;
 
   /// The name in summaries ("dora"); empty for plain LoRA.
   virtual const char* name() const = 0;
-  /// The option that selects it, in Config, AdapterSpec and PEFT's adapter_config.json
+  /// The option that selects it, in Config, LayerAdapterSpec and PEFT's adapter_config.json
   /// ("use_dora"); empty for plain LoRA.
   virtual const char* option() const = 0;
   /// The tensors it adds to each adapter besides A and B.
@@ -60,7 +60,7 @@ class Variant {
   /// them), then extra_tensors().
   std::vector<AdapterTensor> tensors(const Kind& kind) const {
     const auto n = kind.names();
-    std::vector<AdapterTensor> out = {{n.a_holder, n.a_key, &Adapter::A}, {n.b_holder, n.b_key, &Adapter::B}};
+    std::vector<AdapterTensor> out = {{n.a_holder, n.a_key, &LayerAdapter::A}, {n.b_holder, n.b_key, &LayerAdapter::B}};
     for (const auto& t : extra_tensors()) out.push_back(t);
     return out;
   }
@@ -68,16 +68,16 @@ class Variant {
   /// Creates the extra tensors of `a` once its init policy has run: `ctx` holds A, B and the
   /// base weight as the policy left them (CPU float32); `options` are the layer weight's
   /// device and dtype. `a`'s rank, scale and dropout are set.
-  virtual void init(Adapter& /*a*/, const InitContext& /*ctx*/, const torch::TensorOptions& /*options*/) const {}
+  virtual void init(LayerAdapter& /*a*/, const InitContext& /*ctx*/, const torch::TensorOptions& /*options*/) const {}
 
   /// Whether forward() needs the base output alone (ForwardInput::base): a variant that
   /// rescales it does; one that only adds a term to the output does not.
   virtual bool needs_base_output() const { return false; }
   /// The layer's output with adapter `a` applied to `y`, the output so far (..., out).
-  virtual torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const = 0;
+  virtual torch::Tensor forward(const LayerAdapter& a, const torch::Tensor& y, const ForwardInput& in) const = 0;
   /// x W^T + b with `a` applied, for the first adapter when none needs the base output: by
   /// default the base product then forward(); plain LoRA fuses both into one autograd node.
-  virtual torch::Tensor forward_first(const Adapter& a, const ForwardInput& in, const torch::Tensor& bias) const {
+  virtual torch::Tensor forward_first(const LayerAdapter& a, const ForwardInput& in, const torch::Tensor& bias) const {
     return forward(a, torch::nn::functional::linear(in.x, in.weight, bias), in);
   }
 
@@ -86,9 +86,9 @@ class Variant {
   virtual bool merge_adds() const { return true; }
   /// Merges `a` into `weight` in place, without autograd. Returns what unmerge() needs to
   /// invert exactly this merge (undefined if nothing).
-  virtual torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const = 0;
+  virtual torch::Tensor merge(const LayerAdapter& a, const torch::Tensor& weight) const = 0;
   /// Takes `a` back out of `weight` in place; `record` is what its merge() returned.
-  virtual void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& record) const = 0;
+  virtual void unmerge(const LayerAdapter& a, const torch::Tensor& weight, const torch::Tensor& record) const = 0;
 };
 
 /// Plain LoRA: adds its kind's branch to the output (Linear: s (dropout(x) A^T) B^T); merges as
@@ -98,23 +98,23 @@ class PlainLora final : public Variant {
   const char* name() const override { return ""; }
   const char* option() const override { return ""; }
 
-  torch::Tensor forward(const Adapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
-    return a.kind->add_branch(a, y, in.x, in.training);
+  torch::Tensor forward(const LayerAdapter& a, const torch::Tensor& y, const ForwardInput& in) const override {
+    return a.kind().add_branch(a, y, in.x, in.training);
   }
   /// Linear layers only (lora::Linear calls it): base and branch in one autograd node.
-  torch::Tensor forward_first(const Adapter& a, const ForwardInput& in, const torch::Tensor& bias) const override {
+  torch::Tensor forward_first(const LayerAdapter& a, const ForwardInput& in, const torch::Tensor& bias) const override {
     return functional::lora_linear(in.x, in.weight, bias, a.A, a.B, a.scale, a.dropout, in.training);
   }
 
-  torch::Tensor merge(const Adapter& a, const torch::Tensor& weight) const override {
+  torch::Tensor merge(const LayerAdapter& a, const torch::Tensor& weight) const override {
     torch::NoGradGuard no_grad;
-    auto m = a.kind->view().of(weight);
+    auto m = a.kind().view().of(weight);
     m.add_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
     return {};
   }
-  void unmerge(const Adapter& a, const torch::Tensor& weight, const torch::Tensor& /*record*/) const override {
+  void unmerge(const LayerAdapter& a, const torch::Tensor& weight, const torch::Tensor& /*record*/) const override {
     torch::NoGradGuard no_grad;
-    auto m = a.kind->view().of(weight);
+    auto m = a.kind().view().of(weight);
     m.sub_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
   }
 };

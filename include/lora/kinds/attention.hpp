@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../detail/kind.hpp"
 #include "../error.hpp"
 
@@ -40,7 +40,7 @@ class InProj final : public detail::Kind {
   }
   const std::string& part() const { return part_; }
 
-  torch::Tensor add_branch(const Adapter&, const torch::Tensor&, const torch::Tensor&, bool) const override {
+  torch::Tensor add_branch(const LayerAdapter&, const torch::Tensor&, const torch::Tensor&, bool) const override {
     throw Error(detail::str("lora: ", name(), " has no drop-in layer; its adapters re-parametrize in_proj_weight."));
   }
 

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../detail/kind.hpp"
 #include "../functional.hpp"
 
@@ -55,9 +55,9 @@ class Conv final : public detail::Kind {
   }
 
   /// x (N, in, spatial...), y (N, out, spatial'...).
-  torch::Tensor add_branch(const Adapter& a, const torch::Tensor& y, const torch::Tensor& x,
+  torch::Tensor add_branch(const LayerAdapter& a, const torch::Tensor& y, const torch::Tensor& x,
                            bool training) const override {
-    const auto dropped = functional::detail::dropped_input(x, a.dropout, training, {});
+    const auto dropped = detail::dropped_input(x, a.dropout, training, {});
     const auto& xd = dropped.defined() ? dropped : x;
     const auto h = conv(xd, a.A, options_.stride(), options_.padding(), options_.dilation());  // (N, r, spatial'...)
     return y + conv(h, a.B, 1, 0, 1).mul_(a.scale);                                           // (N, out, spatial'...)

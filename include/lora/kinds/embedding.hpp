@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../detail/kind.hpp"
 
 namespace lora::kinds {
@@ -43,7 +43,7 @@ class Embedding final : public detail::Kind {
   }
 
   /// x: ids (...), y (..., dim).
-  torch::Tensor add_branch(const Adapter& a, const torch::Tensor& y, const torch::Tensor& x,
+  torch::Tensor add_branch(const LayerAdapter& a, const torch::Tensor& y, const torch::Tensor& x,
                            bool /*training*/) const override {
     namespace F = torch::nn::functional;
     auto opts = F::EmbeddingFuncOptions().scale_grad_by_freq(scale_grad_by_freq_);

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../detail/kind.hpp"
 #include "../functional.hpp"
 
@@ -18,7 +18,7 @@ class Linear final : public detail::Kind {
   std::string name() const override { return "Linear"; }
   bool supports_dora() const override { return true; }
   /// x (..., in), y (..., out).
-  torch::Tensor add_branch(const Adapter& a, const torch::Tensor& y, const torch::Tensor& x,
+  torch::Tensor add_branch(const LayerAdapter& a, const torch::Tensor& y, const torch::Tensor& x,
                            bool training) const override {
     return functional::add_lora(y, x, a.A, a.B, a.scale, a.dropout, training);
   }

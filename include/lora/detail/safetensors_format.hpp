@@ -2,10 +2,13 @@
 // header length N, N bytes of JSON describing each tensor (dtype, shape, byte offsets into the
 // data section), then the data section. Parsing and validation follow the reference Rust crate:
 // the tensors must tile the data section exactly, with no gap, overlap or trailing byte. Every
-// error is a lora::FileError that names the file. lora/safetensors.hpp reads and writes files.
+// error is a lora::FileError that names the file. Writing lays out the header and the data the
+// way the Rust crate does. lora/safetensors.hpp reads and writes files with these.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <sys/mman.h>
+#include <torch/ordered_dict.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -18,70 +21,19 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../safetensors_types.hpp"
+#include "file_io.hpp"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "lora/safetensors.hpp assumes a little-endian host (safetensors data is little-endian)"
 #endif
 
-namespace lora::safetensors {
-
-/// One tensor's entry in the header.
-struct TensorInfo {
-  std::string name;
-  std::string dtype;  ///< "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8" or "BOOL"
-  std::vector<int64_t> shape;
-  uint64_t begin = 0, end = 0;  ///< byte offsets in the data section
-};
-
-namespace detail {
-
-using lora::detail::str;
+namespace lora::detail {
 
 /// Largest header accepted, as in the Rust crate.
 constexpr uint64_t kMaxHeaderSize = 100'000'000;
 /// Deepest JSON nesting accepted (serde_json's recursion limit).
 constexpr size_t kMaxJsonDepth = 128;
-
-/// A dtype both safetensors and LibTorch know. `rank` is its position in the Rust crate's Dtype
-/// enum, which orders tensors in a written file (descending, so each one stays aligned).
-struct DtypeEntry {
-  const char* name;
-  at::ScalarType type;
-  uint64_t size;
-  int rank;
-};
-
-/// Every supported dtype.
-inline const std::vector<DtypeEntry>& dtype_table() {
-  static const std::vector<DtypeEntry> table = {
-      {"BOOL", at::kBool, 1, 0},     {"U8", at::kByte, 1, 1},    {"I8", at::kChar, 1, 2},
-      {"I16", at::kShort, 2, 5},     {"F16", at::kHalf, 2, 7},   {"BF16", at::kBFloat16, 2, 8},
-      {"I32", at::kInt, 4, 9},       {"F32", at::kFloat, 4, 11}, {"F64", at::kDouble, 8, 12},
-      {"I64", at::kLong, 8, 13},
-  };
-  return table;
-}
-
-/// The table entry named `name`, or nullptr.
-inline const DtypeEntry* find_dtype(const std::string& name) {
-  for (const auto& e : dtype_table())
-    if (name == e.name) return &e;
-  return nullptr;
-}
-
-/// The table entry for `type`, or nullptr.
-inline const DtypeEntry* find_dtype(at::ScalarType type) {
-  for (const auto& e : dtype_table())
-    if (type == e.type) return &e;
-  return nullptr;
-}
-
-/// "F64, F32, ...": the supported names, for messages.
-inline std::string dtype_names() {
-  std::string out;
-  for (const auto& e : dtype_table()) out += (out.empty() ? "" : ", ") + std::string(e.name);
-  return out;
-}
 
 /// Throws a FileError "safetensors file '<name>': <parts...>".
 template <typename... Args>
@@ -175,14 +127,14 @@ inline const nlohmann::json& read_array(const nlohmann::json& entry, const char*
 }
 
 /// Reads the dtype field of entry `entry` and checks it is supported.
-inline const DtypeEntry& read_dtype(const nlohmann::json& entry, const std::string& tensor, const std::string& name) {
+inline const safetensors::DtypeInfo& read_dtype(const nlohmann::json& entry, const std::string& tensor, const std::string& name) {
   const auto it = entry.find("dtype");
   if (it == entry.end()) fail(name, "tensor '", tensor, "' has no \"dtype\"");
   if (!it->is_string()) fail(name, "tensor '", tensor, "': \"dtype\" is ", describe(*it), "; expected a string");
-  const DtypeEntry* d = find_dtype(it->get<std::string>());
+  const safetensors::DtypeInfo* d = safetensors::find_dtype(it->get<std::string>());
   if (!d)
     fail(name, "tensor '", tensor, "' has unknown or unsupported dtype '", it->get<std::string>(),
-         "'; expected one of ", dtype_names());
+         "'; expected one of ", safetensors::dtype_names());
   return *d;
 }
 
@@ -198,13 +150,13 @@ inline uint64_t byte_count(const std::vector<int64_t>& shape, uint64_t size, con
 }
 
 /// Validates one tensor entry against itself and the data section size.
-inline TensorInfo parse_entry(const std::string& tensor, const nlohmann::json& entry, uint64_t data_size,
+inline safetensors::TensorInfo parse_entry(const std::string& tensor, const nlohmann::json& entry, uint64_t data_size,
                               const std::string& name) {
   if (!entry.is_object())
     fail(name, "entry '", tensor, "' is ", describe(entry), "; expected an object with dtype, shape and data_offsets");
-  TensorInfo info;
+  safetensors::TensorInfo info;
   info.name = tensor;
-  const DtypeEntry& dtype = read_dtype(entry, tensor, name);
+  const safetensors::DtypeInfo& dtype = read_dtype(entry, tensor, name);
   info.dtype = dtype.name;
   for (const auto& d : read_array(entry, "shape", 0, tensor, name)) {
     const uint64_t dim = read_index(d, tensor, "shape", name);
@@ -227,8 +179,8 @@ inline TensorInfo parse_entry(const std::string& tensor, const nlohmann::json& e
 }
 
 /// Sorts `tensors` by offset and checks that they tile [0, data_size) exactly.
-inline void check_layout(std::vector<TensorInfo>& tensors, uint64_t data_size, const std::string& name) {
-  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+inline void check_layout(std::vector<safetensors::TensorInfo>& tensors, uint64_t data_size, const std::string& name) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const safetensors::TensorInfo& a, const safetensors::TensorInfo& b) {
     return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
   });
   uint64_t at = 0;
@@ -248,15 +200,15 @@ inline void check_layout(std::vector<TensorInfo>& tensors, uint64_t data_size, c
 }
 
 /// A validated header: tensors in data-offset order, metadata, and where the data section starts.
-struct Header {
-  std::vector<TensorInfo> tensors;
+struct SafetensorsHeader {
+  std::vector<safetensors::TensorInfo> tensors;
   std::map<std::string, std::string> metadata;
   uint64_t data_start = 0;
 };
 
 /// Parses and validates the whole file image `data[0, size)` named `name` (for messages).
 /// Touches no tensor memory: the fuzzer drives this.
-inline Header parse_header(const char* data, size_t size, const std::string& name) {
+inline SafetensorsHeader parse_header(const char* data, size_t size, const std::string& name) {
   if (size < 8) fail(name, "the file is ", size, " bytes long; expected at least 8 (the header length)");
   const uint64_t n = read_u64_le(data);
   if (n > kMaxHeaderSize) fail(name, "header length ", n, " is absurdly large; expected at most ", kMaxHeaderSize);
@@ -265,7 +217,7 @@ inline Header parse_header(const char* data, size_t size, const std::string& nam
          " bytes); the file is truncated or not a safetensors file");
   const nlohmann::json root = parse_json(data + 8, data + 8 + n, name);
   if (!root.is_object()) fail(name, "the header is ", describe(root), "; expected a JSON object");
-  Header header;
+  SafetensorsHeader header;
   header.data_start = 8 + n;
   const uint64_t data_size = size - header.data_start;
   for (auto it = root.begin(); it != root.end(); ++it) {
@@ -278,19 +230,77 @@ inline Header parse_header(const char* data, size_t size, const std::string& nam
   return header;
 }
 
-}  // namespace detail
+// Writing.
 
-/// The ScalarType of a safetensors dtype name; throws FileError for an unknown one.
-inline at::ScalarType dtype_from_string(const std::string& s) {
-  if (const auto* d = detail::find_dtype(s)) return d->type;
-  throw FileError(detail::str("unknown or unsupported safetensors dtype '", s, "'; expected one of ",
-                              detail::dtype_names()));
+/// munmap()s a mapping of `size` bytes.
+struct Unmap {
+  size_t size = 0;
+  void operator()(void* p) const {
+    if (p) ::munmap(p, size);
+  }
+};
+
+/// A tensor ready to write: contiguous on the CPU, with its dtype entry.
+struct PendingTensor {
+  std::string name;
+  at::Tensor data;
+  const safetensors::DtypeInfo* dtype;
+};
+
+/// CPU contiguous copies of `tensors` in the Rust crate's file order: dtype rank descending
+/// (so every tensor's offset is a multiple of its element size), then name.
+inline std::vector<PendingTensor> prepare_tensors(const torch::OrderedDict<std::string, at::Tensor>& tensors) {
+  std::vector<PendingTensor> out;
+  for (const auto& item : tensors) {
+    if (item.key() == "__metadata__") throw Error("a tensor cannot be called \"__metadata__\" in safetensors");
+    if (!item.value().defined()) throw Error(str("tensor '", item.key(), "' is undefined; cannot save it"));
+    const safetensors::DtypeInfo* d = safetensors::find_dtype(safetensors::dtype_to_string(item.value().scalar_type()));  // throws if unsupported
+    out.push_back({item.key(), item.value().detach().to(at::kCPU).contiguous(), d});
+  }
+  std::sort(out.begin(), out.end(), [](const PendingTensor& a, const PendingTensor& b) {
+    return a.dtype->rank != b.dtype->rank ? a.dtype->rank > b.dtype->rank : a.name < b.name;
+  });
+  return out;
 }
 
-/// The safetensors dtype name of a ScalarType; throws lora::Error for an unsupported one.
-inline std::string dtype_to_string(at::ScalarType t) {
-  if (const auto* d = detail::find_dtype(t)) return d->name;
-  throw Error(detail::str("dtype ", t, " cannot be stored in safetensors; supported: ", detail::dtype_names()));
+/// `s` as a JSON string literal; throws lora::Error when it is not valid UTF-8.
+inline std::string json_string(const std::string& s) {
+  try {
+    return nlohmann::json(s).dump();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(str("cannot save safetensors: '", s, "' (a tensor name or metadata entry) is not valid UTF-8"));
+  }
 }
 
-}  // namespace lora::safetensors
+/// The header JSON for `tensors` laid out back to back, padded with spaces to a multiple of 8
+/// bytes: byte for byte what the Rust crate writes.
+inline std::string header_json(const std::vector<PendingTensor>& tensors, const std::map<std::string, std::string>& metadata) {
+  std::vector<std::string> entries;
+  if (!metadata.empty()) {
+    std::vector<std::string> kv;
+    for (const auto& [k, v] : metadata) kv.push_back(json_string(k) + ":" + json_string(v));
+    entries.push_back("\"__metadata__\":{" + c10::Join(",", kv) + "}");
+  }
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    const uint64_t end = offset + t.data.nbytes();
+    entries.push_back(str(json_string(t.name), ":{\"dtype\":\"", t.dtype->name, "\",\"shape\":[",
+                          c10::Join(",", t.data.sizes()), "],\"data_offsets\":[", offset, ",", end, "]}"));
+    offset = end;
+  }
+  std::string out = "{" + c10::Join(",", entries) + "}";
+  out.append((8 - out.size() % 8) % 8, ' ');
+  return out;
+}
+
+/// Writes the header length, header and tensor bytes to `fd`.
+inline bool write_safetensors(int fd, const std::string& header, const std::vector<PendingTensor>& tensors) {
+  char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  if (!write_all(fd, length, 8) || !write_all(fd, header.data(), header.size())) return false;
+  for (const auto& t : tensors)
+    if (!write_all(fd, t.data.data_ptr(), t.data.nbytes())) return false;
+  return true;
+}
+
+}  // namespace lora::detail

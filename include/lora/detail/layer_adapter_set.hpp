@@ -1,4 +1,4 @@
-// The adapters of one layer (AdapterBank): creates each named adapter with its init policy,
+// The adapters of one layer (LayerAdapterSet): creates each named adapter with its init policy,
 // registers its tensors on the layer, keeps which adapters are active, merged and enabled,
 // and merges and unmerges them, each as its variant says (detail/variant.hpp), on its layer
 // kind's view of the weight (detail/kind.hpp). Every layer that carries adapters owns one
@@ -15,26 +15,26 @@
 #include <string>
 #include <vector>
 
-#include "../adapter.hpp"
+#include "../layer_adapter.hpp"
 #include "../error.hpp"
 #include "../init.hpp"
 #include "match.hpp"
 #include "variant.hpp"
-#include "variants.hpp"
+#include "variant_registry.hpp"
 
 namespace lora::detail {
 
 /// The adapters of one layer, registered on that layer (the owner) as submodules "lora_A",
 /// "lora_B" (Embedding: "lora_embedding_A", "lora_embedding_B"; and a variant's own, e.g.
 /// "lora_magnitude_vector"), each with one child per adapter name holding "weight".
-class AdapterBank {
+class LayerAdapterSet {
  public:
   /// Creates adapter `name` on `owner` (where its tensors are registered), for a layer of kind
   /// `kind` whose base weight is `weight`. The init policy fills A and B as matrices on the
   /// kind's matrix view of `weight` (detail/kind.hpp); policies that change the base (PiSSA,
   /// OLoRA) rewrite that view in place.
-  Adapter& add(torch::nn::Module& owner, const std::string& layer_path, const std::string& name,
-               const AdapterSpec& spec, torch::Tensor weight, std::shared_ptr<const Kind> kind) {
+  LayerAdapter& add(torch::nn::Module& owner, const std::string& layer_path, const std::string& name,
+               const LayerAdapterSpec& spec, torch::Tensor weight, std::shared_ptr<const Kind> kind) {
     check_name(layer_path, name);
     const auto view = kind->view();
     const auto M = view.of(weight.detach());  // (out, in) as a matrix
@@ -43,7 +43,7 @@ class AdapterBank {
     ctx.A = torch::zeros({spec.rank, in}, torch::kFloat);
     ctx.B = torch::zeros({out, spec.rank}, torch::kFloat);
     ctx.weight = M.to(torch::kCPU, torch::kFloat).contiguous().clone();
-    ctx.scale = spec.scale;
+    ctx.scale = spec.scale();
     ctx.rank = spec.rank;
     ctx.embedding = kind->embedding();
     ctx.generator = at::detail::createCPUGenerator(spec.seed);
@@ -56,21 +56,21 @@ class AdapterBank {
     kind->after_init(ctx.A, ctx.B, ctx.weight, M0);
 
     const auto opts = weight.options().requires_grad(false);
-    Adapter a;
-    a.variant = &variant_for(spec.use_dora);
-    a.kind = std::move(kind);
-    a.A = ctx.A.reshape(a.kind->a_shape(spec.rank, in)).to(opts).set_requires_grad(true);
-    a.B = ctx.B.reshape(a.kind->b_shape(out, spec.rank)).to(opts).set_requires_grad(true);
+    LayerAdapter a;
+    a.variant_ = &variant_for(spec.use_dora);
+    a.kind_ = std::move(kind);
+    a.A = ctx.A.reshape(a.kind().a_shape(spec.rank, in)).to(opts).set_requires_grad(true);
+    a.B = ctx.B.reshape(a.kind().b_shape(out, spec.rank)).to(opts).set_requires_grad(true);
     a.rank = spec.rank;
     a.alpha = spec.alpha;
-    a.scale = spec.scale;
+    a.scale = spec.scale();
     a.dropout = spec.dropout;
-    a.variant->init(a, ctx, opts);
+    a.variant().init(a, ctx, opts);
     if (spec.init.changes_base) {
       torch::NoGradGuard no_grad;
       view.of(weight).copy_(ctx.weight);
     }
-    for (const auto& t : a.variant->tensors(*a.kind)) {
+    for (const auto& t : a.variant().tensors(a.kind())) {
       auto& tensor = a.*t.member;
       holder(owner, t.holder)->register_module(name, weight_holder(tensor));
       // Keep the registered tensor as the one we hold (register_parameter may wrap it).
@@ -83,22 +83,22 @@ class AdapterBank {
   /// Removes adapter `name` (unmerging it first if it was merged into `weight`).
   void remove(torch::nn::Module& owner, const std::string& name, torch::Tensor weight) {
     auto& a = get(name);
-    if (a.merged) unmerge(weight, name);
-    for (const auto& t : a.variant->tensors(*a.kind)) holder(owner, t.holder)->unregister_module(name);
+    if (a.merged()) unmerge(weight, name);
+    for (const auto& t : a.variant().tensors(a.kind())) holder(owner, t.holder)->unregister_module(name);
     adapters_.erase(name);
     active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
   }
 
   bool has(const std::string& name) const { return adapters_.count(name) > 0; }
   bool empty() const { return adapters_.empty(); }
-  Adapter& get(const std::string& name) { return const_cast<Adapter&>(static_cast<const AdapterBank&>(*this).get(name)); }
-  const Adapter& get(const std::string& name) const {
+  LayerAdapter& get(const std::string& name) { return const_cast<LayerAdapter&>(static_cast<const LayerAdapterSet&>(*this).get(name)); }
+  const LayerAdapter& get(const std::string& name) const {
     auto it = adapters_.find(name);
     if (it == adapters_.end())
       throw ConfigError(str("lora: no adapter named '", name, "' on this layer; it has: ", quoted_list(names()), "."));
     return it->second;
   }
-  const std::map<std::string, Adapter>& adapters() const { return adapters_; }
+  const std::map<std::string, LayerAdapter>& adapters() const { return adapters_; }
   std::vector<std::string> names() const {
     std::vector<std::string> n;
     for (const auto& kv : adapters_) n.push_back(kv.first);
@@ -124,9 +124,9 @@ class AdapterBank {
   void merge(torch::Tensor weight, const std::string& name = "") {
     for (const auto& n : name.empty() ? active_ : std::vector<std::string>{name}) {
       auto& a = get(n);
-      if (a.merged) continue;
-      merged_.push_back({n, a.variant->merge(a, weight)});
-      a.merged = true;
+      if (a.merged()) continue;
+      merged_.push_back({n, a.variant().merge(a, weight)});
+      a.merged_ = true;
     }
   }
   /// Takes adapter `name` (if merged), or every merged adapter if `name` is empty, back out of
@@ -141,7 +141,7 @@ class AdapterBank {
     const auto it = std::find_if(merged_.begin(), merged_.end(), [&](const Merge& m) { return m.name == name; });
     if (it == merged_.end()) return;
     bool commute = true;
-    for (auto j = it; j != merged_.end(); ++j) commute &= adapters_.at(j->name).variant->merge_adds();
+    for (auto j = it; j != merged_.end(); ++j) commute &= adapters_.at(j->name).variant().merge_adds();
     if (commute) {
       unmerge_one(*it, weight);
       merged_.erase(it);
@@ -159,17 +159,17 @@ class AdapterBank {
   torch::Tensor merged_weight(const torch::Tensor& weight) const {
     torch::NoGradGuard no_grad;
     torch::Tensor w = weight.detach().clone();
-    for (const Adapter* a : pending()) a->variant->merge(*a, w);
+    for (const LayerAdapter* a : pending()) a->variant().merge(*a, w);
     return w;
   }
 
   /// The adapters forward() must add on top of the (possibly merged) base weight.
-  std::vector<const Adapter*> pending() const {
-    std::vector<const Adapter*> out;
+  std::vector<const LayerAdapter*> pending() const {
+    std::vector<const LayerAdapter*> out;
     if (!enabled_) return out;
     for (const auto& n : active_) {
       const auto& a = adapters_.at(n);
-      if (!a.merged) out.push_back(&a);
+      if (!a.merged()) out.push_back(&a);
     }
     return out;
   }
@@ -184,8 +184,8 @@ class AdapterBank {
 
   void unmerge_one(const Merge& m, const torch::Tensor& weight) {
     auto& a = adapters_.at(m.name);
-    a.variant->unmerge(a, weight, m.record);
-    a.merged = false;
+    a.variant().unmerge(a, weight, m.record);
+    a.merged_ = false;
   }
   void unmerge_last(const torch::Tensor& weight) {
     unmerge_one(merged_.back(), weight);
@@ -213,7 +213,7 @@ class AdapterBank {
     return m;
   }
 
-  std::map<std::string, Adapter> adapters_;
+  std::map<std::string, LayerAdapter> adapters_;
   std::vector<std::string> active_;
   std::vector<Merge> merged_;  ///< merged adapters, oldest first
   bool enabled_ = true;

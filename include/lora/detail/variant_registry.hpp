@@ -1,6 +1,6 @@
 // The LoRA variants the library knows (detail/variant.hpp), and which one an adapter gets
 // (PEFT's resolve_lora_variant). A new variant is one file beside dora.hpp, its option in
-// Config, AdapterSpec and peft_config.hpp, and its lines below (an instance, an entry in
+// Config, LayerAdapterSpec and peft_config.hpp, and its lines below (an instance, an entry in
 // variants(), its case in variant_for()).
 #pragma once
 
@@ -32,7 +32,7 @@ inline const std::vector<const Variant*>& variants() {
   return all;
 }
 
-/// The variant the options select (AdapterSpec::use_dora, set from Config::use_dora or PEFT's
+/// The variant the options select (LayerAdapterSpec::use_dora, set from Config::use_dora or PEFT's
 /// use_dora): DoRA, else plain LoRA.
 inline const Variant& variant_for(bool use_dora) { return use_dora ? dora() : plain_lora(); }
 
@@ -42,8 +42,8 @@ inline const Variant& variant_for(bool use_dora) { return use_dora ? dora() : pl
 inline std::vector<AdapterTensor> all_adapter_tensors() {
   std::vector<AdapterTensor> out;
   for (const auto& n : {kinds::Linear().names(), kinds::Embedding().names()}) {
-    out.push_back({n.a_holder, n.a_key, &Adapter::A});
-    out.push_back({n.b_holder, n.b_key, &Adapter::B});
+    out.push_back({n.a_holder, n.a_key, &LayerAdapter::A});
+    out.push_back({n.b_holder, n.b_key, &LayerAdapter::B});
   }
   for (const Variant* v : variants())
     for (const auto& t : v->extra_tensors())
