@@ -69,6 +69,12 @@ struct Config {
   /// lora::Linear layers only (a plain torch::nn::Linear gets a ConfigError).
   bool use_dora = false;
 
+  /// Adapters on a float16 or bfloat16 base are created in float32 (PEFT's
+  /// autocast_adapter_dtype): half-precision adapters train badly. forward() casts at the
+  /// adapter branch's edges and merges compute in float32 and round once. false: adapters take
+  /// the base weight's dtype. (A later model->to(dtype) converts adapters like any parameter.)
+  bool autocast_adapter_dtype = true;
+
   /// Per-layer rank and alpha, as PEFT's rank_pattern / alpha_pattern: a key K applies to a
   /// layer whose path matches the regex "(.*\.)?(K)$"; the first matching key (in key order) wins.
   std::map<std::string, int64_t> rank_pattern;

@@ -35,9 +35,14 @@ class ConvImpl : public Base, public AdapterHost {
   /// (N, in, spatial...) -> (N, out, spatial'...)
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = Base::forward(input);
-    ForwardInput in{input, this->weight, {}, this->is_training()};
-    for (const LayerAdapter* a : this->bank().pending()) y = a->variant().forward(*a, y, in);
-    return y;
+    if (const auto* r = current_routing()) return this->add_routed(*r, y, input, this->is_training());  // lora/routing.hpp
+    const auto pending = this->bank().pending();
+    if (pending.empty()) return y;
+    const auto dt = y.scalar_type(), at = pending.front()->A.scalar_type();  // cast at the edges
+    ForwardInput in{input.to(at), this->weight, {}, this->is_training()};
+    y = y.to(at);
+    for (const LayerAdapter* a : pending) y = a->variant().forward(*a, y, in);
+    return y.to(dt);
   }
 
   std::shared_ptr<const Kind> kind() const override { return kind_; }

@@ -34,9 +34,14 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl, public detail::AdapterHos
   /// ids (...) -> (..., dim)
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = torch::nn::EmbeddingImpl::forward(input);  // (..., dim)
+    if (const auto* r = detail::current_routing()) return add_routed(*r, y, input, is_training());  // lora/routing.hpp
     detail::ForwardInput in{input, weight, {}, is_training()};
-    for (const LayerAdapter* a : bank().pending()) y = a->variant().forward(*a, y, in);
-    return y;
+    const auto pending = bank().pending();
+    if (pending.empty()) return y;
+    const auto dt = y.scalar_type();
+    y = y.to(pending.front()->A.scalar_type());  // float32 adapters on a half base: cast at the edges
+    for (const LayerAdapter* a : pending) y = a->variant().forward(*a, y, in);
+    return y.to(dt);
   }
 
   std::shared_ptr<const detail::Kind> kind() const override { return kind_; }

@@ -133,6 +133,7 @@ inline ModelAdapter inject(torch::nn::Module& model, const Config& config) {
     s.init = config.init;
     s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
     s.use_dora = config.use_dora;
+    s.autocast_adapter_dtype = config.autocast_adapter_dtype;
     s.allow_rank_above_min = config.allow_rank_above_min;
     l->check(s);
     if (l->has_adapter(config.adapter_name))

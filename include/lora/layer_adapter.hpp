@@ -44,6 +44,13 @@ struct LayerAdapterSpec {
   bool allow_rank_above_min = false;
   /// DoRA (Liu et al. 2024): also learn a magnitude per output row (lora::Linear layers only).
   bool use_dora = false;
+  /// On a float16 / bfloat16 base, create the adapter in float32 (Config::autocast_adapter_dtype).
+  bool autocast_adapter_dtype = true;
+
+  /// The dtype of an adapter with this spec on a base weight of dtype `base`.
+  torch::Dtype dtype_for(torch::Dtype base) const {
+    return autocast_adapter_dtype && (base == torch::kHalf || base == torch::kBFloat16) ? torch::kFloat : base;
+  }
 
   /// s = scaling(alpha, rank): the one place an adapter's scale is resolved (NaN without a
   /// scaling function, which the layer's checks refuse).
@@ -60,7 +67,7 @@ class LayerAdapter {
   torch::Tensor magnitude;
   int64_t rank = 0;
   double alpha = 0;
-  double scale = 1;  ///< s, as the spec's scaling policy resolved it
+  double scale = 1;  ///< s now: as the spec's scaling policy resolved it, unless changed at run time
   double dropout = 0;
 
   bool dora() const { return magnitude.defined(); }
@@ -71,6 +78,8 @@ class LayerAdapter {
   const detail::Variant& variant() const { return *variant_; }
   /// Its layer's kind (Linear, Embedding, Conv2d, ...: detail/kind.hpp).
   const detail::Kind& kind() const { return *kind_; }
+  /// The scale it was created with (its spec's scale()), which restore_scale() brings back.
+  double configured_scale() const { return configured_scale_; }
 
   /// What this adapter adds to the base weight (before DoRA's row scaling), in the weight's
   /// layout: s * B A (out, in) on a Linear layer, s (B A)^T (num, dim) on an Embedding,
@@ -80,6 +89,7 @@ class LayerAdapter {
  private:
   friend class detail::LayerAdapterSet;  // creates, merges and unmerges it
   bool merged_ = false;
+  double configured_scale_ = 1;
   const detail::Variant* variant_ = nullptr;
   std::shared_ptr<const detail::Kind> kind_;
 };

@@ -55,8 +55,27 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
+    if (const auto* r = detail::current_routing())  // rows with their own adapters (lora/routing.hpp)
+      return add_routed(*r, torch::nn::functional::linear(x, weight, bias), x, is_training());
     const auto pending = bank().pending();
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
+    if (const auto dt = pending.front()->A.scalar_type(); dt != x.scalar_type() && x.is_floating_point()) {
+      // Float32 adapters on a half-precision base (Config::autocast_adapter_dtype): the base
+      // product in the base dtype, each adapter in its own, cast at the branch's edges.
+      detail::ForwardInput in{x.to(dt), weight, {}, is_training()};
+      bool needs_base = false;
+      for (const LayerAdapter* a : pending) needs_base |= a->variant().needs_base_output();
+      if (!needs_base) {
+        auto y = torch::nn::functional::linear(x, weight, bias).to(dt);
+        for (const LayerAdapter* a : pending) y = a->variant().forward(*a, y, in);
+        return y.to(x.scalar_type());
+      }
+      in.weight = weight.to(dt);  // DoRA's row norms and base share in the adapter's dtype
+      in.base = torch::nn::functional::linear(in.x, in.weight);
+      torch::Tensor y = in.base;
+      for (const LayerAdapter* a : pending) y = a->variant().forward(*a, y, in);
+      return (bias.defined() ? y + bias.to(dt) : y).to(x.scalar_type());
+    }
     detail::ForwardInput in{x, weight, {}, is_training()};
     bool needs_base = false;
     for (const LayerAdapter* a : pending) needs_base |= a->variant().needs_base_output();

@@ -16,6 +16,7 @@
 #include "model.hpp"              // unique_parameters, set_active_adapters, merged_state_dict
 #include "model_adapter.hpp"      // ModelAdapter: one adapter on every layer it adapts (inject()'s handle)
 #include "peft.hpp"               // PEFT adapter folders both ways
+#include "routing.hpp"            // RowRouting: each row of a batch through its own adapter
 #include "safetensors.hpp"        // .safetensors files
 #include "safetensors_types.hpp"  // safetensors::TensorInfo, dtype names
 #include "scaling.hpp"            // scaling policies, scaling::by_name

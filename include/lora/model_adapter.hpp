@@ -7,6 +7,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/ordered_dict.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <set>
@@ -134,6 +135,18 @@ class ModelAdapter {
   /// unmerged first); enable() turns adapters back on.
   void enable() const { for (const auto& l : layers_) l.set_enabled(true); }
   void disable() const { for (const auto& l : layers_) l.set_enabled(false); }
+  /// The adapter's scale at run time (PEFT's set_scale, scale_layer and unscale_layer), without
+  /// recreating it: set_scale(s) gives every layer the scale s; scale_by(f) gives each layer f
+  /// times the scale it was created with (its LayerAdapter::configured_scale(): alpha / r, ...);
+  /// restore_scale() brings those back. Plain torch::nn layers recompute their weight. scale_by(0)
+  /// gives exactly the base output. layers() reports the new scales, and peft::save writes them
+  /// (the file's lora_alpha is the one that gives PEFT the current s), so a saved and reloaded
+  /// adapter computes what this one computes now. Refused (ConfigError, nothing changed) while
+  /// the adapter is merged. Not synchronised: no forward pass may run on the model meanwhile.
+  void set_scale(double s) { rescale([&](const LayerAdapter&) { return s; }); }
+  void scale_by(double factor) { rescale([&](const LayerAdapter& a) { return factor * a.configured_scale(); }); }
+  void restore_scale() { rescale([](const LayerAdapter& a) { return a.configured_scale(); }); }
+
   /// Makes this adapter the only active one on its layers.
   void activate() const { for (const auto& l : layers_) l.set_active({name_}); }
   /// Removes this adapter from the model; the handle is empty afterwards.
@@ -208,6 +221,25 @@ class ModelAdapter {
 
  private:
   friend struct detail::ModelAdapterAccess;
+  template <typename F>
+  void rescale(F scale_of) {
+    std::vector<double> s;
+    for (const auto& l : layers_) {
+      const auto& a = adapter(l);
+      s.push_back(scale_of(a));
+      if (!std::isfinite(s.back()))
+        throw ConfigError(detail::str("lora: adapter '", name_, "': scale ", s.back(), " for layer '", l.path,
+                                      "' is not finite."));
+      if (a.merged())
+        throw ConfigError(detail::str("lora: adapter '", name_, "' is merged into layer '", l.path,
+                                      "', and its scale with it; unmerge() it before changing the scale."));
+    }
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      layers_[i].set_scale(name_, s[i]);
+      infos_[i].scale = s[i];
+    }
+  }
+
   /// What inject() builds: `layers` carry adapter `name`, `infos` describe them (same order).
   ModelAdapter(std::string name, std::vector<detail::Layer> layers, std::vector<LayerInfo> infos,
                std::vector<std::pair<std::string, torch::Tensor>> kept, int64_t model_parameters, Config config)

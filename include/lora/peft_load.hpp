@@ -37,6 +37,7 @@ struct LoadOptions {
   HfMapping mapping;
   std::string adapter_name = "default";  ///< the name the adapter gets on the model
   bool freeze_base = true;               ///< as Config::freeze_base
+  bool autocast_adapter_dtype = true;    ///< as Config::autocast_adapter_dtype (float32 on a half base)
 };
 
 /// Reads a PEFT adapter folder and adds it to `model` (as inject() would, with the file's
@@ -119,6 +120,7 @@ inline ModelAdapter load(torch::nn::Module& model, const std::string& dir, const
   cfg.alpha = pc.lora_alpha;
   cfg.dropout = pc.lora_dropout;
   cfg.use_dora = pc.use_dora;
+  cfg.autocast_adapter_dtype = options.autocast_adapter_dtype;
   cfg.scaling = pc.use_rslora ? scaling::alpha_over_sqrt_rank() : scaling::alpha_over_rank();
   cfg.init = detail::init_from_peft(pc.init_lora_weights, config_path);
   cfg.adapter_name = options.adapter_name;

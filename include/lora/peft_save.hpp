@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -34,6 +35,9 @@ struct SaveOptions {
   std::string base_model_name_or_path;  ///< e.g. "gpt2"; "" writes null
   std::string task_type;                ///< e.g. "CAUSAL_LM", "SEQ_CLS"; "" writes null
   bool inference_mode = true;
+  /// The dtype of the adapter tensors in the file (e.g. torch::kBFloat16 to halve it); unset:
+  /// each tensor's own (float32 for adapters autocast on a half-precision base).
+  std::optional<torch::Dtype> dtype;
 };
 
 /// The adapter_config.json that save() writes for `adapters`.
@@ -111,7 +115,8 @@ inline torch::OrderedDict<std::string, torch::Tensor> make_state(const ModelAdap
   const Config& cfg = adapters.config();
   torch::OrderedDict<std::string, torch::Tensor> out;
   for (const auto& l : detail::peft_layers(adapters, options.mapping, cfg.scaling.is_rslora))
-    for (const auto& [key, t] : l.tensors) out.insert(std::string(kPrefix) + l.hf_path + "." + key, t.detach());
+    for (const auto& [key, t] : l.tensors)
+      out.insert(std::string(kPrefix) + l.hf_path + "." + key, options.dtype ? t.detach().to(*options.dtype) : t.detach());
   for (const auto& [path, t] : adapters.kept_parameters()) {
     const auto module = detail::kept_module(path, cfg.keep_trainable);
     out.insert(std::string(kPrefix) + options.mapping.hf_path(module) + path.substr(module.size()), t.detach());

@@ -16,6 +16,7 @@
 #include "../layer_adapter.hpp"
 #include "layer_adapter_set.hpp"
 #include "kind.hpp"
+#include "routing.hpp"
 
 namespace lora::detail {
 
@@ -72,6 +73,13 @@ class AdapterHost {
     bank_.set_active(names);
     sync();
   }
+  /// Sets adapter `name`'s scale s (its configured_scale() stays). Refused for a merged adapter.
+  void set_adapter_scale(const std::string& name, double s) {
+    bank_.set_scale(name, s);
+    sync();
+  }
+  /// false after set_adapters_enabled(false).
+  bool adapters_enabled() const { return bank_.enabled(); }
 
   bool has_adapter(const std::string& name) const { return bank_.has(name); }
   /// The adapter `name`; throws ConfigError, listing the names there are, if there is none.
@@ -99,6 +107,39 @@ class AdapterHost {
   virtual torch::Tensor base_weight() const = 0;
   /// The layer's name in error messages when add_adapter() is given no path.
   virtual std::string host_name() const { return "lora::" + kind()->name(); }
+
+  /// `y` (the base output) plus each row's adapter branch for input `x`, under this thread's
+  /// routing `r` (lora/routing.hpp): the drop-in layers' forward() while a RowRouting lives.
+  torch::Tensor add_routed(const Routing& r, const torch::Tensor& y, const torch::Tensor& x, bool training) const {
+    const auto rows = static_cast<int64_t>(r.row_name.size());
+    if (x.dim() == 0 || x.size(0) != rows)
+      throw ShapeError(str("lora::RowRouting routes ", rows, " rows, but ", host_name(), " got an input of shape ",
+                           x.sizes(), ", whose first dimension is not the batch of ", rows,
+                           " rows. Give one name per row of the batch; a model that reshapes its batch before this "
+                           "layer cannot be routed per row."));
+    std::vector<const LayerAdapter*> in_use;
+    std::vector<int64_t> slot_of_name(r.names.size(), -1);
+    for (size_t n = 0; n < r.names.size(); ++n) {
+      if (!bank_.has(r.names[n])) continue;
+      const auto& a = bank_.get(r.names[n]);
+      if (a.merged() || a.dora() || !bank_.enabled())
+        throw ConfigError(str("lora::RowRouting: adapter '", r.names[n], "' on ", host_name(), " is ",
+                              a.merged() ? "merged" : a.dora() ? "a DoRA adapter" : "disabled",
+                              " (changed after the RowRouting was made); it cannot serve single rows."));
+      slot_of_name[n] = static_cast<int64_t>(in_use.size());
+      in_use.push_back(&a);
+    }
+    if (in_use.empty()) return y;  // no routed adapter here: every row gets the base output
+    const auto none = static_cast<int64_t>(in_use.size());
+    std::vector<int64_t> slot;
+    for (const auto n : r.row_name) slot.push_back(n < 0 || slot_of_name[n] < 0 ? none : slot_of_name[n]);
+    const auto idx = torch::tensor(slot, torch::kLong).to(x.device());
+    const auto dt = in_use.front()->A.scalar_type();
+    if (dt == y.scalar_type()) return kind()->add_routed_branch(in_use, idx, y, x, training);
+    // Float32 adapters on a half-precision base: cast at the branch's edges.
+    const auto xa = x.is_floating_point() ? x.to(dt) : x;
+    return kind()->add_routed_branch(in_use, idx, y.to(dt), xa, training).to(y.scalar_type());
+  }
 
   const LayerAdapterSet& bank() const { return bank_; }
 

@@ -49,14 +49,15 @@ class Dora final : public Variant {
   bool merge_adds() const override { return false; }
   torch::Tensor merge(const LayerAdapter& a, const torch::Tensor& weight) const override {
     torch::NoGradGuard no_grad;
-    const auto norm = functional::dora_weight_norm(weight, a.A, a.B, a.scale);
+    const auto W = weight.to(a.A.scalar_type());  // in the adapter's dtype, rounded once
+    const auto norm = functional::dora_weight_norm(W, a.A, a.B, a.scale);
     const auto factor = (a.magnitude.detach().to(norm.dtype()) / norm).unsqueeze(1);  // (out, 1)
-    weight.copy_((weight + a.delta_weight().to(weight.dtype())).mul_(factor.to(weight.dtype())));
+    weight.copy_((W + a.delta_weight()).mul_(factor));
     return factor;
   }
   void unmerge(const LayerAdapter& a, const torch::Tensor& weight, const torch::Tensor& factor) const override {
     torch::NoGradGuard no_grad;
-    weight.div_(factor.to(weight.dtype())).sub_(a.delta_weight().to(weight.dtype()));
+    weight.copy_(weight.to(a.A.scalar_type()).div_(factor).sub_(a.delta_weight()));
   }
 };
 

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,19 @@ class Kind {
                                    bool training) const = 0;
   /// s * (B A) in the weight's layout (the part of W the view covers): what a merge adds.
   virtual torch::Tensor delta(const LayerAdapter& a) const;
+
+  /// Why rows of this kind's drop-in layer cannot each use their own adapter (lora/routing.hpp),
+  /// or "" if they can.
+  virtual std::string unroutable() const { return "per-row routing is not implemented for it"; }
+  /// y + each row's own branch (lora/routing.hpp): row b of the batch (the first dimension of
+  /// `x` and `y`) goes through adapters[slot[b]], or none where slot[b] == adapters.size().
+  /// `slot` is a long tensor (N) on x's device. One batched computation for all rows
+  /// (detail/routing.hpp stacks the adapters, zero-padded to the largest rank).
+  virtual torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& /*adapters*/,
+                                          const torch::Tensor& /*slot*/, const torch::Tensor& /*y*/,
+                                          const torch::Tensor& /*x*/, bool /*training*/) const {
+    throw std::logic_error("lora: " + name() + " has no per-row path (Kind::unroutable() should have said so)");
+  }
 };
 
 /// A as the matrix (r, in_m) and B as (out_m, r), whatever shapes they are stored in (views).

@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -55,7 +56,7 @@ class LayerAdapterSet {
                                     "); it must fill them in place."));
     kind->after_init(ctx.A, ctx.B, ctx.weight, M0);
 
-    const auto opts = weight.options().requires_grad(false);
+    const auto opts = weight.options().dtype(spec.dtype_for(weight.scalar_type())).requires_grad(false);
     LayerAdapter a;
     a.variant_ = &variant_for(spec.use_dora);
     a.kind_ = std::move(kind);
@@ -63,7 +64,7 @@ class LayerAdapterSet {
     a.B = ctx.B.reshape(a.kind().b_shape(out, spec.rank)).to(opts).set_requires_grad(true);
     a.rank = spec.rank;
     a.alpha = spec.alpha;
-    a.scale = spec.scale();
+    a.scale = a.configured_scale_ = spec.scale();
     a.dropout = spec.dropout;
     a.variant().init(a, ctx, opts);
     if (spec.init.changes_base) {
@@ -110,6 +111,18 @@ class LayerAdapterSet {
   void set_active(const std::vector<std::string>& names) {
     for (const auto& n : names) get(n);
     active_ = names;
+  }
+
+  /// Sets adapter `name`'s scale s (what forward() and merge() use). A merged adapter's scale
+  /// is in the weight: refused (ConfigError), unmerge it first.
+  void set_scale(const std::string& name, double s) {
+    auto& a = get(name);
+    if (!std::isfinite(s))
+      throw ConfigError(str("lora: the scale of adapter '", name, "' must be finite, got ", s, "."));
+    if (a.merged_)
+      throw ConfigError(str("lora: adapter '", name, "' is merged into the weight, so its scale ", a.scale,
+                            " is too; unmerge it before changing the scale."));
+    a.scale = s;
   }
 
   /// enabled() false: forward() is exactly the base layer (merged adapters are unmerged first).

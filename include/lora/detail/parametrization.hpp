@@ -56,10 +56,13 @@ struct LoraWeightFunction : public torch::autograd::Function<LoraWeightFunction>
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["layer"] = layer;
     const auto Am = A.reshape({A.size(0), -1}), Bm = B.reshape({B.size(0), -1});  // (r, in_m), (out_m, r)
-    if (!transpose && rows < 0 && W.dim() == 2) return torch::addmm(W, Bm, Am, /*beta=*/1, /*alpha=*/scale);  // (out, in)
-    auto out = W.clone(at::MemoryFormat::Contiguous);
+    // Float32 adapters on a half-precision base: W + s B A in float32, rounded once.
+    const auto Wa = W.scalar_type() == A.scalar_type() ? W : W.to(A.scalar_type());
+    if (!transpose && rows < 0 && W.dim() == 2)
+      return torch::addmm(Wa, Bm, Am, /*beta=*/1, /*alpha=*/scale).to(W.scalar_type());  // (out, in)
+    auto out = Wa.clone(at::MemoryFormat::Contiguous);
     MatrixView{transpose, row_offset, rows}.of(out).addmm_(Bm, Am, /*beta=*/1, /*alpha=*/scale);
-    return out;  // W's shape
+    return out.to(W.scalar_type());  // W's shape
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -78,7 +81,7 @@ struct LoraWeightFunction : public torch::autograd::Function<LoraWeightFunction>
     const MatrixView view{ctx->saved_data["transpose"].toBool(), ctx->saved_data["row_offset"].toInt(),
                           ctx->saved_data["rows"].toInt()};
     const auto& G = grads[0];                    // W's shape
-    const auto Gm = view.of(G.contiguous());     // (out_m, in_m)
+    const auto Gm = view.of(G.contiguous()).to(A.scalar_type());  // (out_m, in_m)
     const auto Am = A.reshape({A.size(0), -1}), Bm = B.reshape({B.size(0), -1});
     return {ctx->needs_input_grad(0) ? G : torch::Tensor(),
             ctx->needs_input_grad(1) ? Bm.t().mm(Gm).mul_(s).reshape(A.sizes()) : torch::Tensor(),  // A's shape

@@ -106,16 +106,21 @@ class PlainLora final : public Variant {
     return functional::lora_linear(in.x, in.weight, bias, a.A, a.B, a.scale, a.dropout, in.training);
   }
 
+  /// In the adapter's dtype (float32 on a half-precision base), rounded to the weight's once.
   torch::Tensor merge(const LayerAdapter& a, const torch::Tensor& weight) const override {
     torch::NoGradGuard no_grad;
     auto m = a.kind().view().of(weight);
-    m.add_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
+    const auto delta = torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale);
+    if (delta.scalar_type() == m.scalar_type()) m.add_(delta);
+    else m.copy_(m.to(delta.scalar_type()).add_(delta));
     return {};
   }
   void unmerge(const LayerAdapter& a, const torch::Tensor& weight, const torch::Tensor& /*record*/) const override {
     torch::NoGradGuard no_grad;
     auto m = a.kind().view().of(weight);
-    m.sub_(torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale).to(weight.dtype()));
+    const auto delta = torch::mm(b_matrix(a), a_matrix(a)).mul_(a.scale);
+    if (delta.scalar_type() == m.scalar_type()) m.sub_(delta);
+    else m.copy_(m.to(delta.scalar_type()).sub_(delta));
   }
 };
 

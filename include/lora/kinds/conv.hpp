@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../layer_adapter.hpp"
+#include "../detail/routing.hpp"
 #include "../detail/kind.hpp"
 #include "../functional.hpp"
 
@@ -61,6 +62,21 @@ class Conv final : public detail::Kind {
     const auto& xd = dropped.defined() ? dropped : x;
     const auto h = conv(xd, a.A, options_.stride(), options_.padding(), options_.dilation());  // (N, r, spatial'...)
     return y + conv(h, a.B, 1, 0, 1).mul_(a.scale);                                           // (N, out, spatial'...)
+  }
+
+  std::string unroutable() const override { return ""; }
+  /// x (N, in, spatial...), y (N, out, spatial'...). Every adapter's A runs as one convolution
+  /// of K R channels; row b keeps its adapter's R channels and goes through its B.
+  torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& adapters, const torch::Tensor& slot,
+                                  const torch::Tensor& y, const torch::Tensor& x, bool training) const override {
+    const auto [A, B] = detail::stack_adapters(adapters);  // (K+1, R, in k...), (K+1, out, R): s in B
+    const int64_t K = static_cast<int64_t>(adapters.size()), R = A.size(1), n = x.size(0);
+    const auto xd = detail::dropped_rows(x, adapters, slot, training);
+    const auto h_all = conv(xd, A.narrow(0, 0, K).reshape(a_shape(K * R, 0)), options_.stride(), options_.padding(),
+                            options_.dilation());                         // (N, K R, spatial'...)
+    const auto rows = torch::arange(n, slot.options());
+    const auto h = h_all.reshape({n, K, R, -1}).index({rows, slot.clamp_max(K - 1)});  // (N, R, S)
+    return y + torch::bmm(B.index_select(0, slot), h).view(y.sizes());   // (N, out, spatial'...); the zero slot adds 0
   }
 
  private:

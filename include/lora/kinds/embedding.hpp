@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../layer_adapter.hpp"
+#include "../detail/routing.hpp"
 #include "../detail/kind.hpp"
 
 namespace lora::kinds {
@@ -50,6 +51,27 @@ class Embedding final : public detail::Kind {
     if (padding_idx_) opts.padding_idx(*padding_idx_);
     const auto h = F::embedding(x, a.A.t(), opts);                      // (..., r)
     return y + torch::matmul(h, a.B.t()).mul_(a.scale);                 // (..., dim)
+  }
+
+  std::string unroutable() const override {
+    return scale_grad_by_freq_ ? "scale_grad_by_freq is set (the per-row lookup does not scale gradients by frequency)"
+                               : "";
+  }
+  /// x: ids (N, ...), y (N, ..., dim). Row b looks its ids up in its own A^T (the stacked
+  /// tables side by side, each `num` rows long).
+  torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& adapters, const torch::Tensor& slot,
+                                  const torch::Tensor& y, const torch::Tensor& x, bool /*training*/) const override {
+    namespace F = torch::nn::functional;
+    const auto [A, B] = detail::stack_adapters(adapters);  // (K+1, R, num), (K+1, dim, R): s in B
+    const auto n = x.size(0), R = A.size(1), num = A.size(2);
+    std::vector<int64_t> shape(x.dim(), 1);
+    shape[0] = n;
+    auto h = F::embedding(x + slot.view(shape) * num, A.transpose(1, 2).reshape({-1, R}));  // (N, ..., R)
+    if (padding_idx_) {  // the padding row keeps no adapter, nor a gradient
+      const auto pad = *padding_idx_ < 0 ? *padding_idx_ + num : *padding_idx_;
+      h = h * (x != pad).unsqueeze(-1).to(h.dtype());
+    }
+    return y + torch::bmm(h.reshape({n, -1, R}), B.index_select(0, slot).transpose(1, 2)).view(y.sizes());
   }
 
  private:

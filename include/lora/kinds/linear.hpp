@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../layer_adapter.hpp"
+#include "../detail/routing.hpp"
 #include "../detail/kind.hpp"
 #include "../functional.hpp"
 
@@ -21,6 +22,17 @@ class Linear final : public detail::Kind {
   torch::Tensor add_branch(const LayerAdapter& a, const torch::Tensor& y, const torch::Tensor& x,
                            bool training) const override {
     return functional::add_lora(y, x, a.A, a.B, a.scale, a.dropout, training);
+  }
+
+  std::string unroutable() const override { return ""; }
+  /// x (N, ..., in), y (N, ..., out); row b through its own A and B.
+  torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& adapters, const torch::Tensor& slot,
+                                  const torch::Tensor& y, const torch::Tensor& x, bool training) const override {
+    const auto [A, B] = detail::stack_adapters(adapters);  // (K+1, R, in), (K+1, out, R): s in B
+    const auto n = x.size(0);
+    const auto x3 = detail::dropped_rows(x, adapters, slot, training).reshape({n, -1, x.size(-1)});  // (N, T, in)
+    const auto h = torch::bmm(x3, A.index_select(0, slot).transpose(1, 2));                     // (N, T, R)
+    return y + torch::bmm(h, B.index_select(0, slot).transpose(1, 2)).view(y.sizes());          // (N, ..., out)
   }
 };
 
