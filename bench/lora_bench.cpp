@@ -2,11 +2,14 @@
 // as a table (figure, value, target, met) and written with --json FILE as named fields.
 //
 //   lora_bench [--device cpu|cuda] [--threads N] [--blas-threads N] [--steps N] [--quick]
-//              [--json FILE] [--shared-dir DIR] [--only train,forward,kinds,padding,tokenizers]
+//              [--json FILE] [--shared-dir DIR] [--only train,forward,kinds,serving,padding,tokenizers]
 //
 // Figures (docs/performance.md explains each and holds the latest values):
 //   step_time_ratio            LoRA (r=16 on every Linear) / FullFT training step, AdamW, the
-//                              same batches, DistilBERT-shaped model, batch 32 x 128
+//                              same batches, DistilBERT-shaped model, batch 32 x 128 (reported:
+//                              the BitFit floor below bounds it, so LoRA is graded against that)
+//   lora_vs_bitfit_step_ratio  LoRA step / BitFit step: how close LoRA gets to the floor that no
+//                              adapter on every Linear can beat (goal <= 1.03)
 //   peak_rss_ratio             peak resident memory of the LoRA side / the FullFT side
 //   compat_path_step_ratio     the same LoRA step on a plain torch::nn::Linear model adapted
 //                              through the compatibility path / on lora::Linear (fast path)
@@ -24,6 +27,9 @@
 //   cnn_*, emb_*               LoRA on convolutions / an embedding table, drop-ins and plain
 //                              torch::nn layers, against FullFT and the BitFit floor; the CNN's
 //                              forward unmerged / merged (kinds_figures.hpp)
+//   serving_*                  one batch whose rows use 1, 4 or 16 adapters (ranks 8 and 16):
+//                              routed per row (lora::RowRouting) / one adapter active, and one
+//                              forward per adapter (PEFT's way) / routed (serving_figures.hpp)
 //   wordpiece_mb_s, bpe_mb_s   one-thread tokenizer throughput on wiki.valid.raw + AG-News test
 //
 // Every measurement runs in a child process forked before the parent touches LibTorch's
@@ -35,7 +41,7 @@
 //
 // The parts: options.hpp (the command line), machine.hpp (/proc), worker.hpp (the fork/pipe
 // harness), timing.hpp, trainer.hpp (the model and the sides of each comparison), a header per
-// group of figures (train_, forward_, kinds_, padding_ and tokenizer_figures.hpp) and figures.hpp (the
+// group of figures (train_, forward_, kinds_, serving_, padding_ and tokenizer_figures.hpp) and figures.hpp (the
 // table and --json).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -53,6 +59,7 @@
 #include "figures.hpp"
 #include "forward_figures.hpp"
 #include "kinds_figures.hpp"
+#include "serving_figures.hpp"
 #include "machine.hpp"
 #include "options.hpp"
 #include "padding_figures.hpp"
@@ -109,6 +116,7 @@ int main(int argc, char** argv) try {
   if (o.want("train")) measure_train(o, figs, details);
   if (o.want("forward")) measure_forward(o, figs, details);
   if (o.want("kinds")) measure_kinds(o, figs, details);
+  if (o.want("serving")) measure_serving(o, figs, details);
   if (o.want("padding")) measure_padding(o, figs, details);
   if (o.want("tokenizers")) measure_tokenizers(o, figs, details);
 

@@ -24,7 +24,7 @@ struct Options {
   bool quick = false;
   std::string json_path;
   std::filesystem::path shared_dir;
-  std::string only = "train,forward,kinds,padding,tokenizers";
+  std::string only = "train,forward,kinds,serving,padding,tokenizers";
   int64_t batch = 32, tokens = 128;
   int64_t layers = 6;
   int64_t rank = 16;
@@ -49,7 +49,7 @@ inline std::optional<Options> parse_options(int argc, char** argv, int& status) 
   app.add_option("--json", o.json_path, "write the figures to this JSON file");
   std::string shared;
   app.add_option("--shared-dir", shared, "folder with data/ (default $LORA_SHARED_DIR, else ../shared)");
-  app.add_option("--only", o.only, "comma-separated groups: train,forward,kinds,padding,tokenizers");
+  app.add_option("--only", o.only, "comma-separated groups: train,forward,kinds,serving,padding,tokenizers");
   app.add_option("--batch", o.batch, "training batch size");
   app.add_option("--tokens", o.tokens, "tokens per row for the training and forward figures");
   try {

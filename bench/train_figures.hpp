@@ -144,6 +144,7 @@ inline void measure_train(const Options& o, Figures& figs, json& details) {
   figs("step_time_ratio").value = median_ratio(times[1], times[0]);
   figs("compat_path_step_ratio").value = median_ratio(times[2], times[1]);
   figs("bitfit_step_ratio").value = median_ratio(times[3], times[0]);
+  figs("lora_vs_bitfit_step_ratio").value = median_ratio(times[1], times[3]);
   figs("peak_rss_ratio").value = ends[1]["vm_hwm_mib"].get<double>() / ends[0]["vm_hwm_mib"].get<double>();
   figs("fullft_sgemm_fraction").value = achieved / peak;
   details["train"] = {{"fullft_step_s", full},

@@ -36,10 +36,10 @@
 
 #include "data/agnews.hpp"
 #include "data/batching.hpp"
-#include "error_message.hpp"
 #include "errors.hpp"
 #include "models/checkpoint.hpp"
 #include "models/export.hpp"
+#include "program_main.hpp"
 #include "text/wordpiece.hpp"
 
 namespace fs = std::filesystem;
@@ -296,22 +296,5 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{2}, int64_t{1 << 20}));
   app.add_option("--seed", f.seed, "seed of the data order, the new head and the adapters");
   app.add_option("--threads", f.threads, "CPU threads (0: LibTorch's default)")->check(CLI::NonNegativeNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::cout << app.help();
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "finetune: " << e.what() << ". Run finetune --help for the flags.\n";
-    return 2;
-  }
-  try {
-    return run(f);
-  } catch (const examples::UsageError& e) {
-    std::cerr << "finetune: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "finetune: error: " << examples::message(e) << "\n";
-    return 1;
-  }
+  return examples::program_main(app, argc, argv, "finetune", [&] { return run(f); });
 }

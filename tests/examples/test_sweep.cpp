@@ -724,6 +724,35 @@ TEST_CASE("sweep: LoRA+ reaches the optimizer and the records", "[sweep]") {
   cleanup(dir);
 }
 
+TEST_CASE("sweep: FullFT steps a tied weight once per step, and its points say so", "[sweep]") {
+  // A weight held under two names (GPT-2's lm_head and wte): LibTorch lists it twice in
+  // parameters(); handed to AdamW as is, it would get two updates per step.
+  struct TiedImpl : torch::nn::Module {
+    TiedImpl() {  // as models/gpt2.hpp ties them: the embedding built on the head's weight
+      head = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(3, 5).bias(false)));
+      emb = register_module("emb", torch::nn::Embedding(torch::nn::EmbeddingOptions(5, 3)._weight(head->weight)));
+    }
+    torch::nn::Embedding emb{nullptr};
+    torch::nn::Linear head{nullptr};
+  };
+  auto net = std::make_shared<TiedImpl>();
+  REQUIRE(net->parameters().size() == 2);  // the premise: listed twice
+  sweep::Model model;
+  model.module = net;
+  sweep::TrainSettings s;
+  s.lr = 0.1;
+  auto opt = sweep::detail::make_optimizer(model, nullptr, s);
+  REQUIRE(opt->param_groups().size() == 1);
+  CHECK(opt->param_groups()[0].params().size() == 1);
+  // One step moves the weight by one AdamW update: lr * sign(g) (first step, no decay) plus decay.
+  const auto w0 = net->emb->weight.detach().clone();
+  net->emb->weight.mutable_grad() = torch::ones_like(w0);
+  opt->step();
+  const auto moved = (w0 - net->emb->weight.detach()).abs().max().item<double>();
+  std::cout << "  tied weight moved by " << moved << " in one step (one update: ~" << s.lr << ")\n";
+  CHECK(moved < 1.5 * s.lr);
+}
+
 TEST_CASE("sweep: what a point trains with and what its file records both come from point_run()", "[sweep]") {
   // Change a default no flag sets (AdamW's weight decay and beta2): the optimizer the engine
   // trains with and the settings its point files record must both follow, and a rerun with the

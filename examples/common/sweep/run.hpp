@@ -160,7 +160,7 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
     trainable = adapters.trainable_parameter_count();
   } else {
     restrict_full_training(*model.module, run.full_train);
-    for (const auto& t : model.module->parameters()) trainable += t.requires_grad() ? t.numel() : 0;
+    for (const auto& t : lora::unique_parameters(*model.module)) trainable += t.requires_grad() ? t.numel() : 0;
   }
   TrainCallbacks cb;
   cb.on_log = [&](int64_t step, int64_t total, double loss) { progress.update(step, total, loss); };

@@ -14,9 +14,10 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
-#include <lora/adapters.hpp>
+#include <lora/model_adapter.hpp>
 #include <lora/error.hpp>
 #include <lora/loraplus.hpp>
+#include <lora/model.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -148,7 +149,9 @@ inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const
   if (adapters) {
     params = adapters->parameters();
   } else {
-    for (const auto& p : m.module->parameters())
+    // Each tensor once: a weight tied under two names (GPT-2's lm_head and wte) listed twice
+    // would get two AdamW updates per step.
+    for (const auto& p : lora::unique_parameters(*m.module))
       if (p.requires_grad()) params.push_back(p);
     if (params.empty())
       throw examples::Error("train: full fine-tuning, but no parameter of the model requires grad; the task's model "
@@ -285,6 +288,10 @@ class Task {
   /// May load data (the WikiText task evaluates its base model once); called by the engine
   /// after each point and by the report.
   virtual CollapseRule collapse_rule() { return {}; }
+  /// The model's weights that one tensor holds under two names (e.g. "lm_head.weight =
+  /// transformer.wte.weight"), or "" if none. FullFT gives such a tensor one AdamW update per
+  /// step (its points record this, point.hpp).
+  virtual std::string tied_weights() const { return ""; }
   /// A fresh model with the base weights for point `p`. The engine has just seeded torch with
   /// p.seed (so a newly initialised head is reproducible); it then moves the module to the
   /// device and injects LoRA (LoRA points) or trains every parameter (FullFT).
