@@ -244,6 +244,10 @@ class Progress {
 
   double tokens_per_second(double tokens) const { return tokens / seconds_since(start_); }
 
+  /// Starts the clock (after the first evaluation): speed and ETA count training steps and the
+  /// evaluations between them.
+  void restart() { start_ = std::chrono::steady_clock::now(); }
+
  private:
   int64_t total_, first_;
   bool terminal_;
@@ -462,6 +466,7 @@ int run(Flags f) {
             << T << " tokens, peak LR " << f.lr << ", warm-up " << schedule.warmup << " steps, seed " << f.seed << ")\n"
             << std::flush;
   base.module().train();
+  progress.restart();
   while (state.step < stop_at && g_signal == 0) {
     const int64_t step = state.step;
     const auto ids = pretrain::sample_blocks(split.train, order, static_cast<uint64_t>(step * B), B);

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <vector>
@@ -123,10 +124,10 @@ inline std::vector<std::string> recipe_differences(const nlohmann::json& saved, 
     if (!j.contains(k)) return std::string("(not set)");
     return j.at(k).is_string() ? j.at(k).get<std::string>() : j.at(k).dump();
   };
-  std::map<std::string, bool> keys;
-  for (const auto& [k, v] : saved.items()) keys[k] = true;
-  for (const auto& [k, v] : now.items()) keys[k] = true;
-  for (const auto& [k, unused] : keys)
+  std::set<std::string> keys;
+  for (const auto& item : saved.items()) keys.insert(item.key());
+  for (const auto& item : now.items()) keys.insert(item.key());
+  for (const auto& k : keys)
     if (text(saved, k) != text(now, k)) out.push_back(k + ": checkpoint " + text(saved, k) + ", this run " + text(now, k));
   return out;
 }
