@@ -86,7 +86,7 @@ void load_checkpoint_params(torch::nn::Module& model, const fs::path& checkpoint
   REQUIRE(copied > 0);
 }
 
-/// The first `n` blocks of the tiny run's held-out text as a (n, T) batch: token ids below `vocab`.
+/// A (n, T) batch of random token ids below `vocab`, drawn from `seed`.
 torch::Tensor some_ids(int64_t n, int64_t T, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   return torch::randint(0, vocab, {n, T}, gen, torch::kLong);
