@@ -257,7 +257,7 @@ class Base {
     const auto first = is_distilbert() ? (*distilbert_)->distilbert(input).select(1, 0)
                                        : (*gpt2_)->transformer(input).select(1, T - 1);  // (n, C)
     if (was_training) module().train();
-    return first.std(0, /*unbiased=*/true).mean().item<double>();
+    return first.std(at::IntArrayRef{0}, /*unbiased=*/true, /*keepdim=*/false).mean().item<double>();
   }
 
   /// The vocabulary logits of `input_ids` (B, T) at every position (eval mode is the caller's).
