@@ -462,9 +462,14 @@ int run(Flags f) {
   const auto start = std::chrono::steady_clock::now();
   auto last_checkpoint = start;
   if (state.step == 0 && f.eval_every > 0) evaluate();
-  std::cout << "training steps " << state.step + 1 << "-" << stop_at << " of " << f.steps << " (batch " << B << " x "
-            << T << " tokens, peak LR " << f.lr << ", warm-up " << schedule.warmup << " steps, seed " << f.seed << ")\n"
-            << std::flush;
+  if (state.step < stop_at)
+    std::cout << "training steps " << state.step + 1 << "-" << stop_at << " of " << f.steps << " (batch " << B << " x "
+              << T << " tokens, peak LR " << f.lr << ", warm-up " << schedule.warmup << " steps, seed " << f.seed
+              << ")\n"
+              << std::flush;
+  else
+    std::cout << "nothing to train: the checkpoint is at step " << state.step << " (--steps " << f.steps
+              << (f.max_steps > 0 ? ", --max-steps " + std::to_string(f.max_steps) : std::string()) << ")\n";
   base.module().train();
   progress.restart();
   while (state.step < stop_at && g_signal == 0) {

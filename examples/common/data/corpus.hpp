@@ -58,6 +58,8 @@ inline TextSource parse_text_source(const std::string& spec, const std::filesyst
     const bool digits_only = !range.empty() && range.find_first_not_of("0123456789-") == std::string::npos;
     if (digits_only && dash != std::string::npos && range.find('-', dash + 1) == std::string::npos) {
       const std::string a = range.substr(0, dash), b = range.substr(dash + 1);
+      if (a.size() > 15 || b.size() > 15)
+        throw examples::UsageError(examples::str("--text '", spec, "': the range ", range, " is out of bounds."));
       if (!a.empty()) s.first = std::stoll(a);
       if (!b.empty()) s.last = std::stoll(b);
       if (s.first < 1 || (s.last != 0 && s.last < s.first))
