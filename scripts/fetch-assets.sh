@@ -4,17 +4,31 @@
 #   models/distilgpt2/{config.json,model.safetensors,vocab.json,merges.txt}      (Hugging Face Hub)
 #   agnews/{train.csv,test.csv}                                                  (ag_news_csv, as torchtext pins it)
 #   wikitext-2-raw/wiki.{train,valid,test}.raw                                   (WikiText-2 raw v1)
+# and, only when asked for by name, pretrain's text (shared/data/corpus/):
+#   corpus/...                       the 49 corpus files, as far as they can be made  (set corpus)
+#   corpus-sources/OWNER/REPO/PATH   the 186 files of public GitHub repositories they come from,
+#                                    each at a pinned commit                           (set corpus-sources)
 #
-#   scripts/fetch-assets.sh [DATA_DIR] [agnews|wikitext|all]
+#   scripts/fetch-assets.sh [DATA_DIR] [agnews|wikitext|corpus|corpus-sources|all]
 #
 # DATA_DIR defaults to $LORA_DATA_DIR, else ~/.cache/lora; the second argument limits the
-# download to one program's needs (default: all).
+# download to one program's needs (default: all, which is agnews and wikitext; pretrain's corpus
+# only by name).
 # Files already present and valid are kept. Needs curl and unzip.
 #
 # Pinned: each Hub model at one commit (resolve/<commit>/FILE, never resolve/main), and every
 # file, the WikiText zip included, against a published sha256 and byte count (sources below,
 # next to each hash). A file that does not match is not installed, and the script exits 1.
 # The sha256 of each file it downloads is printed, to compare with the sources by hand.
+#
+# The corpus (scripts/corpus-assets.tsv, from shared/data/corpus/MANIFEST.sources.tsv and
+# MANIFEST.sha256): each source file at its pinned commit (raw.githubusercontent.com/REPO/COMMIT/
+# PATH), checked against its git blob id; each corpus file against its sha256 and size. Five
+# corpus files are made here from their sources (four byte-for-byte copies, and the WikiText-103
+# head: its source's complete lines). The other 44 are derived from their sources by processing
+# that shared/data/corpus/README.md describes (Gutenberg headers stripped, Reuters SGML parsed,
+# ...) and that this script does not automate: it checks them when present (copy them from a
+# shared folder: cp -r SHARED/data/corpus DATA_DIR/) and lists those missing, exiting 1.
 #
 # Sourced (`source scripts/fetch-assets.sh`, as tests/scripts/fetch_assets_test.sh does), it only
 # defines the table of assets and the functions check and fetch, and downloads nothing.
@@ -86,7 +100,13 @@ asset wikitext-2-raw/wiki.train.raw "$wikitext_zip_url" 6707892fa3788b5ab9ed78ab
 asset wikitext-2-raw/wiki.valid.raw "$wikitext_zip_url" 4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7 1146846
 asset wikitext-2-raw/wiki.test.raw "$wikitext_zip_url" 173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08 1290590
 
+# The corpus table (see the top of this file); corpus_table may be set before sourcing.
+corpus_table=${corpus_table:-$(dirname "${BASH_SOURCE[0]}")/corpus-assets.tsv}
+
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# blob_id FILE: the file's git blob id (what `git hash-object FILE` prints), without git.
+blob_id() { { printf 'blob %s\0' "$(stat -c %s "$1")"; cat "$1"; } | sha1sum | cut -d' ' -f1; }
 
 # check FILE SHA256|- MIN_BYTES: the file exists, is at least MIN_BYTES, and has the hash if given.
 check() {
@@ -168,6 +188,84 @@ fetch_wikitext() {
   rm -rf "$tmp"
 }
 
+# fetch_source DEST URL BLOB: download one corpus source to DEST (under $dir) through DEST.part,
+# installed only when its git blob id is BLOB; a present valid DEST is kept. Sets failed=1 on failure.
+fetch_source() {
+  local name=$1 url=$2 blob=$3 dest=$dir/$1
+  if [ -s "$dest" ] && [ "$(blob_id "$dest")" = "$blob" ]; then return; fi
+  mkdir -p "$(dirname "$dest")"
+  echo "fetch    $name  <- $url"
+  if curl -fsSL --retry 3 --connect-timeout 20 -o "$dest.part" "$url" && [ "$(blob_id "$dest.part")" = "$blob" ]; then
+    mv "$dest.part" "$dest"
+  else
+    if [ -e "$dest.part" ]; then
+      echo "FAILED   $name (git blob id $(blob_id "$dest.part"), expected $blob)" >&2
+    else
+      echo "FAILED   $name (download failed)" >&2
+    fi
+    rm -f "$dest.part"
+    failed=1
+  fi
+}
+
+# source_row DEST: "URL<TAB>BLOB" of the corpus table's source DEST (empty if none).
+source_row() { awk -F'\t' -v d="$1" '$1 == "source" && $2 == d {print $3"\t"$4; exit}' "$corpus_table"; }
+
+# fetch_corpus_sources: every source of the corpus table (set corpus-sources). Sets failed=1 on failure.
+fetch_corpus_sources() {
+  local kind dest how hash bytes n=0
+  if [ ! -r "$corpus_table" ]; then echo "FAILED   corpus (no table: $corpus_table)" >&2; failed=1; return; fi
+  while IFS=$'\t' read -r kind dest how hash bytes; do
+    [ "$kind" = source ] || continue
+    fetch_source "$dest" "$how" "$hash" </dev/null
+    n=$((n + 1))
+  done <"$corpus_table"
+  echo "sources  $n corpus sources in $dir/corpus-sources/ (each checked against its git blob id)"
+}
+
+# fetch_corpus: every corpus file of the table that is present and valid, or made from its source
+# (copy:, lines:; the source fetched first); the derived ones missing are listed. Sets failed=1 when
+# a file is missing or invalid.
+fetch_corpus() {
+  local kind dest how hash bytes src row made=0 ok=0 derived_missing=()
+  if [ ! -r "$corpus_table" ]; then echo "FAILED   corpus (no table: $corpus_table)" >&2; failed=1; return; fi
+  while IFS=$'\t' read -r kind dest how hash bytes; do
+    [ "$kind" = file ] || continue
+    if check "$dir/$dest" "$hash" "$bytes"; then ok=$((ok + 1)); continue; fi
+    [ ! -e "$dir/$dest" ] || echo "stale    $dest ($(mismatch "$dir/$dest" "$hash" "$bytes"))"
+    case $how in
+      copy:*|lines:*) ;;
+      *) derived_missing+=("$dest"); continue ;;
+    esac
+    src=${how#*:}
+    row=$(source_row "$src")
+    if [ -n "$row" ]; then fetch_source "$src" "${row%%$'\t'*}" "${row#*$'\t'}" </dev/null; fi
+    mkdir -p "$(dirname "$dir/$dest")"
+    if [ -s "$dir/$src" ]; then
+      case $how in
+        copy:*) cp "$dir/$src" "$dir/$dest.part" || true ;;
+        lines:*) head -n "$(wc -l <"$dir/$src")" "$dir/$src" >"$dir/$dest.part" || true ;;
+      esac
+    fi
+    if [ -e "$dir/$dest.part" ] && check "$dir/$dest.part" "$hash" "$bytes"; then
+      mv "$dir/$dest.part" "$dir/$dest"
+      echo "made     $dest  <- $src (sha256 $hash, as pinned)"
+      made=$((made + 1))
+    else
+      echo "FAILED   $dest (from $src: $(mismatch "$dir/$dest.part" "$hash" "$bytes"))" >&2
+      rm -f "$dir/$dest.part"
+      failed=1
+    fi
+  done <"$corpus_table"
+  echo "corpus   $ok valid, $made made from their sources, ${#derived_missing[@]} derived files missing or invalid"
+  if [ ${#derived_missing[@]} != 0 ]; then
+    echo "MISSING  ${#derived_missing[@]} corpus files derived from their sources by processing this script does not" \
+      "automate (shared/data/corpus/README.md describes it), e.g. ${derived_missing[0]}." \
+      "Copy them from a shared folder: cp -r SHARED/data/corpus $dir/ (their sources: set corpus-sources)" >&2
+    failed=1
+  fi
+}
+
 # Sourced: the table and the functions only.
 if [[ ${BASH_SOURCE[0]} != "$0" ]]; then return 0; fi
 
@@ -175,19 +273,22 @@ set -euo pipefail
 
 dir=${1:-${LORA_DATA_DIR:-$HOME/.cache/lora}}
 what=${2:-all}
-case $what in agnews|wikitext|all) ;; *) echo "fetch-assets: unknown set '$what' (agnews, wikitext or all)" >&2; exit 2;; esac
+case $what in agnews|wikitext|corpus|corpus-sources|all) ;;
+  *) echo "fetch-assets: unknown set '$what' (agnews, wikitext, corpus, corpus-sources or all)" >&2; exit 2;; esac
 mkdir -p "$dir"
 failed=0
 
-if [ "$what" != wikitext ]; then
+if [ "$what" = agnews ] || [ "$what" = all ]; then
   for f in config.json vocab.txt model.safetensors; do fetch "models/distilbert-base-uncased/$f"; done
   fetch agnews/train.csv
   fetch agnews/test.csv
 fi
-if [ "$what" != agnews ]; then
+if [ "$what" = wikitext ] || [ "$what" = all ]; then
   for f in config.json vocab.json merges.txt model.safetensors; do fetch "models/distilgpt2/$f"; done
   fetch_wikitext
 fi
+if [ "$what" = corpus ]; then fetch_corpus; fi
+if [ "$what" = corpus-sources ]; then fetch_corpus_sources; fi
 
 if [ $failed != 0 ]; then
   echo "fetch-assets: some files are missing in $dir (see above). Without network, copy them there by hand." >&2

@@ -6,9 +6,13 @@
 #       check and fetch on files with a known sha256, served through file:// URLs: a valid file
 #       is kept, a download lands through DEST.part, a wrong hash or size installs nothing and
 #       sets failed=1, a stale file is replaced; the script exits 2 on an unknown set.
+#       The corpus set too: git blob ids, sources fetched through file:// URLs, corpus files made
+#       from them (copy:, lines:) or listed as missing (derived), on a table of test files.
 #   tests/scripts/fetch_assets_test.sh pins SCRIPT SHARED_DIR
 #       the pinned sha256 and sizes of the files the shared data holds verified copies of
-#       (shared/data/README.md) match those copies. $LORA_SHARED_DIR overrides SHARED_DIR.
+#       (shared/data/README.md) match those copies, and the corpus table (scripts/corpus-assets.tsv)
+#       matches the shared corpus: its manifests (sources, commits, blob ids) and its files
+#       (sha256, sizes). $LORA_SHARED_DIR overrides SHARED_DIR.
 #
 # Exit status: 0 passed, 1 failed, 4 skipped (no shared data; CTest's SKIP_RETURN_CODE), except
 # that under CI (CI=true or CI=1) missing shared data fails, as in the C++ tests.
@@ -21,7 +25,7 @@ fail() { echo "FAIL: $*" >&2; errors=$((errors + 1)); }
 
 # shellcheck source=SCRIPTDIR/../../scripts/fetch-assets.sh
 source "$script" || { echo "FAIL: sourcing $script" >&2; exit 1; }
-for fn in asset check fetch fetch_wikitext; do
+for fn in asset check fetch fetch_wikitext blob_id fetch_source fetch_corpus fetch_corpus_sources; do
   declare -F "$fn" >/dev/null || fail "sourcing $script did not define $fn"
 done
 
@@ -122,6 +126,52 @@ fetch)
   else
     echo "note: zip or unzip absent, fetch_wikitext not tested" >&2
   fi
+  # The corpus set on a table of test files: a source whose blob id matches is installed, one
+  # whose id does not is refused; corpus files are made from a valid source (copy:, lines:), kept
+  # when valid, and a derived one that is missing is listed and fails the run.
+  [ "$(blob_id "$src/a.txt")" = 99ec96ac8b38178826d325fad9e5c3ac2df5d4f1 ] ||
+    fail "blob_id gives $(blob_id "$src/a.txt"), not git's id for the test file"
+  printf 'line 1\nline 2\npartial li' >"$src/trunc.txt"
+  printf 'line 1\nline 2\n' >"$tmp/lines.txt"
+  cp "$src/a.txt" "$tmp/derived.txt"
+  printf 'unused\n' >"$src/unused.txt"
+  table=$tmp/corpus.tsv
+  {
+    printf '# a comment\n'
+    printf 'source\tcorpus-sources/o/r/a.txt\tfile://%s\t%s\t-\n' "$src/a.txt" "$(blob_id "$src/a.txt")"
+    printf 'source\tcorpus-sources/o/r/trunc.txt\tfile://%s\t%s\t-\n' "$src/trunc.txt" "$(blob_id "$src/trunc.txt")"
+    printf 'source\tcorpus-sources/o/r/unused.txt\tfile://%s\t%s\t-\n' "$src/unused.txt" "$(blob_id "$src/unused.txt")"
+    printf 'file\tcorpus/copy.txt\tcopy:corpus-sources/o/r/a.txt\t%s\t%s\n' "$good" "$size"
+    printf 'file\tcorpus/lines.txt\tlines:corpus-sources/o/r/trunc.txt\t%s\t%s\n' \
+      "$(sha256sum "$tmp/lines.txt" | cut -d' ' -f1)" "$(stat -c %s "$tmp/lines.txt")"
+    printf 'file\tcorpus/derived.txt\tderived\t%s\t%s\n' "$good" "$size"
+  } >"$table"
+  corpus_table=$table
+  failed=0
+  fetch_corpus >"$tmp/out" 2>&1
+  out=$(cat "$tmp/out")
+  cmp -s "$src/a.txt" "$dir/corpus-sources/o/r/a.txt" || fail "fetch_corpus did not install a source: $out"
+  cmp -s "$src/a.txt" "$dir/corpus/copy.txt" || fail "fetch_corpus did not make a copy: file: $out"
+  cmp -s "$tmp/lines.txt" "$dir/corpus/lines.txt" || fail "fetch_corpus did not make a lines: file: $out"
+  [[ $failed == 1 && $out == *"MISSING  1 corpus files"*"corpus/derived.txt"* ]] ||
+    fail "a missing derived corpus file was not reported: $out"
+  [ ! -e "$dir/corpus-sources/o/r/unused.txt" ] || fail "fetch_corpus fetched a source no file is made from"
+  cp "$tmp/derived.txt" "$dir/corpus/derived.txt"
+  failed=0
+  fetch_corpus >"$tmp/out" 2>&1
+  [[ $failed == 0 && $(cat "$tmp/out") == *"3 valid, 0 made"* ]] || fail "valid corpus files were not kept: $(cat "$tmp/out")"
+  failed=0
+  fetch_corpus_sources >"$tmp/out" 2>&1
+  [[ $failed == 0 && $(cat "$tmp/out") == *"3 corpus sources"* ]] || fail "fetch_corpus_sources: $(cat "$tmp/out")"
+  cmp -s "$src/unused.txt" "$dir/corpus-sources/o/r/unused.txt" || fail "fetch_corpus_sources did not fetch every source"
+  printf 'source\tcorpus-sources/o/r/bad.txt\tfile://%s\t%s\t-\n' "$src/a.txt" "$bad" >>"$table"
+  failed=0
+  fetch_corpus_sources >"$tmp/out" 2>&1
+  [[ $failed == 1 && $(cat "$tmp/out") == *"FAILED   corpus-sources/o/r/bad.txt (git blob id"* ]] ||
+    fail "a source with the wrong blob id was not refused: $(cat "$tmp/out")"
+  [ ! -e "$dir/corpus-sources/o/r/bad.txt" ] || fail "a source with the wrong blob id was installed"
+  unset corpus_table
+
   # The real table again (without the test's own entries above), for the checks below.
   # shellcheck source=SCRIPTDIR/../../scripts/fetch-assets.sh
   source "$script"
@@ -140,6 +190,21 @@ fetch)
   # 3 distilbert-base-uncased files, 4 distilgpt2 files, 2 AG-News files, the WikiText zip and
   # its 3 members.
   [ "${#asset_sha[@]}" = 13 ] || fail "${#asset_sha[@]} assets in the table, not 13"
+  # The corpus table: 186 sources at pinned commits (40-digit commit, 40-digit blob id) and 49 files.
+  [ "$(grep -c $'^source\t' "$corpus_table")" = 186 ] || fail "the corpus table does not list 186 sources"
+  [ "$(grep -c $'^file\t' "$corpus_table")" = 49 ] || fail "the corpus table does not list 49 files"
+  while IFS=$'\t' read -r kind dest how hash bytes; do
+    case $kind in
+      source)
+        [[ $how =~ ^https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/ ]] || fail "$dest: unpinned URL $how"
+        [[ $hash =~ ^[0-9a-f]{40}$ ]] || fail "$dest: git blob id '$hash'" ;;
+      file)
+        [[ $hash =~ ^[0-9a-f]{64}$ && $bytes =~ ^[0-9]+$ ]] || fail "$dest: sha256 '$hash' or size '$bytes'"
+        [[ $how == derived ]] || grep -q $'^source\t'"${how#*:}"$'\t' "$corpus_table" || fail "$dest: made from ${how#*:}, not a source of the table" ;;
+      '#'*|'') ;;
+      *) fail "corpus table: unknown kind '$kind'" ;;
+    esac
+  done <"$corpus_table"
 
   # The command line: an unknown set exits 2 before anything is downloaded.
   bash "$script" "$tmp/cli" nonsense >/dev/null 2>&1
@@ -161,6 +226,27 @@ pins)
     [wikitext-2-raw/wiki.test.raw]=wikitext-2-raw/wiki.test.raw
   )
   missing=()
+  # The corpus table against the shared corpus: every source row of its manifest (repository,
+  # commit, path, blob id) and every file's sha256 and size.
+  manifest=$shared/data/corpus/MANIFEST.sources.tsv
+  if [ -f "$manifest" ]; then
+    want=$(tail -n +2 "$manifest" | awk -F'\t' '{print "corpus-sources/"$2"/"$4"\thttps://raw.githubusercontent.com/"$2"/"$3"/"$4"\t"$5}' | sort -u)
+    have=$(awk -F'\t' '$1 == "source" {print $2"\t"$3"\t"$4}' "$corpus_table" | sort -u)
+    [ "$want" = "$have" ] || fail "the corpus table's sources differ from $manifest: $(diff <(echo "$want") <(echo "$have") | head -5)"
+    while IFS=$'\t' read -r kind dest how hash bytes; do
+      [ "$kind" = file ] || continue
+      file=$shared/data/$dest
+      if [ ! -f "$file" ]; then missing+=("$file"); continue; fi
+      [ "$(sha256sum "$file" | cut -d' ' -f1)" = "$hash" ] || fail "$dest: pinned $hash, $file differs"
+      [ "$(stat -c %s "$file")" = "$bytes" ] || fail "$dest: pinned $bytes bytes, $file has $(stat -c %s "$file")"
+      case $how in
+        copy:*) [ "$(blob_id "$file")" = "$(awk -F'\t' -v s="${how#*:}" '$2 == s {print $4}' "$corpus_table")" ] ||
+                  fail "$dest: not a byte-for-byte copy of its source ${how#*:}" ;;
+      esac
+    done <"$corpus_table"
+  else
+    missing+=("$manifest")
+  fi
   for name in "${!copy[@]}"; do
     file=$shared/data/${copy[$name]}
     if [ ! -f "$file" ]; then missing+=("$file"); continue; fi
