@@ -273,12 +273,15 @@ class ModelAdapter {
 };
 
 namespace detail {
-/// Builds ModelAdapter handles (its constructor is private: only inject() makes them).
+/// Builds ModelAdapter handles (its constructor is private: only inject() makes them), and
+/// gives the library's own functions that change one in place (peft::hot_swap) its layers.
 struct ModelAdapterAccess {
   template <typename... Args>
   static ModelAdapter make(Args&&... args) {
     return ModelAdapter(std::forward<Args>(args)...);
   }
+  static const std::vector<Layer>& layers(const ModelAdapter& m) { return m.layers_; }
+  static std::vector<LayerInfo>& infos(ModelAdapter& m) { return m.infos_; }
 };
 }  // namespace detail
 

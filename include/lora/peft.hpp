@@ -13,9 +13,11 @@
 // for Conv1D layers as for nn.Linear (only the delta it adds to the (in, out) weight is
 // transposed), so the tensors are written and read the same for both.
 //
-// peft_config.hpp: adapter_config.json and HfMapping; peft_save.hpp: save(); peft_load.hpp: load().
+// peft_config.hpp: adapter_config.json and HfMapping; peft_save.hpp: save(); peft_load.hpp: load();
+// peft_hot_swap.hpp: hot_swap(), a folder loaded into an existing adapter in place.
 #pragma once
 
 #include "peft_config.hpp"
+#include "peft_hot_swap.hpp"
 #include "peft_load.hpp"
 #include "peft_save.hpp"

@@ -61,22 +61,9 @@ inline ModelAdapter load(torch::nn::Module& model, const std::string& dir, const
   // The model, in HF paths.
   const auto to_ours = detail::hf_to_ours(model, options.mapping);
   const auto layers = lora::detail::layers_of(model);
-  // PEFT's paths (detail/peft_layout.hpp): an attention's in_proj under the attention's own
-  // path, its out_proj also under "<attention>.base_layer.out_proj"; slices have none.
-  std::map<std::string, const lora::detail::Layer*> layer_by_hf;
-  std::vector<std::string> hf_layer_paths;
-  std::set<std::string> attentions;
-  for (const auto& l : layers)
-    if (l.path == l.module_path + ".in_proj") attentions.insert(l.module_path);
-  for (const auto& l : layers) {
-    if (!detail::attention_of(l.path).empty() && l.path != l.module_path + ".in_proj") continue;
-    const auto hf = options.mapping.hf_path(l.path == l.module_path + ".in_proj" ? l.module_path : l.path);
-    layer_by_hf[hf] = &l;
-    hf_layer_paths.push_back(hf);
-    const auto at = l.path.rfind(".out_proj");
-    if (at != std::string::npos && at + 9 == l.path.size() && attentions.count(l.path.substr(0, at)))
-      layer_by_hf[options.mapping.hf_path(l.path.substr(0, at)) + ".base_layer.out_proj"] = &l;
-  }
+  const auto index = detail::peft_layer_index(layers, options.mapping);
+  const auto& layer_by_hf = index.by_hf;
+  const auto& hf_layer_paths = index.hf_paths;
 
   // modules_to_save: PEFT wraps every module whose path ends with one of the names.
   std::map<std::string, std::shared_ptr<torch::nn::Module>> kept;  // HF module path -> module

@@ -73,9 +73,10 @@ class AdapterHost {
     bank_.set_active(names);
     sync();
   }
-  /// Sets adapter `name`'s scale s (its configured_scale() stays). Refused for a merged adapter.
-  void set_adapter_scale(const std::string& name, double s) {
-    bank_.set_scale(name, s);
+  /// Sets adapter `name`'s scale s (its configured_scale() stays, unless `configured`: then it
+  /// becomes s too). Refused for a merged adapter.
+  void set_adapter_scale(const std::string& name, double s, bool configured = false) {
+    bank_.set_scale(name, s, configured);
     sync();
   }
   /// false after set_adapters_enabled(false).

@@ -113,9 +113,10 @@ class LayerAdapterSet {
     active_ = names;
   }
 
-  /// Sets adapter `name`'s scale s (what forward() and merge() use). A merged adapter's scale
-  /// is in the weight: refused (ConfigError), unmerge it first.
-  void set_scale(const std::string& name, double s) {
+  /// Sets adapter `name`'s scale s (what forward() and merge() use); `configured`: also the
+  /// scale restore_scale() returns to (its configured_scale(); a hot swap gives it the file's).
+  /// A merged adapter's scale is in the weight: refused (ConfigError), unmerge it first.
+  void set_scale(const std::string& name, double s, bool configured = false) {
     auto& a = get(name);
     if (!std::isfinite(s))
       throw ConfigError(str("lora: the scale of adapter '", name, "' must be finite, got ", s, "."));
@@ -123,6 +124,7 @@ class LayerAdapterSet {
       throw ConfigError(str("lora: adapter '", name, "' is merged into the weight, so its scale ", a.scale,
                             " is too; unmerge it before changing the scale."));
     a.scale = s;
+    if (configured) a.configured_scale_ = s;
   }
 
   /// enabled() false: forward() is exactly the base layer (merged adapters are unmerged first).

@@ -79,7 +79,9 @@ struct Layer {
   void merge(const std::string& n) const { get().merge(n); }
   void unmerge(const std::string& n) const { get().unmerge(n); }
   void set_enabled(bool on) const { get().set_adapters_enabled(on); }
-  void set_scale(const std::string& n, double s) const { get().set_adapter_scale(n, s); }
+  void set_scale(const std::string& n, double s, bool configured = false) const {
+    get().set_adapter_scale(n, s, configured);
+  }
   void remove(const std::string& n) const { get().remove_adapter(n); }
   bool has_pending_adapters() const { return host && host->has_pending_adapters(); }
   torch::Tensor merged_weight() const { return get().merged_weight(); }

@@ -1,5 +1,6 @@
 // The steps of lora::peft::load() (peft_load.hpp) that check an adapter folder against the
-// model: sorting the file's tensors, the target_modules selection, and modules_to_save.
+// model: the model's layers by their PEFT paths, sorting the file's tensors, the target_modules
+// selection, and modules_to_save. (peft::hot_swap uses the first two too.)
 #pragma once
 
 #include <torch/nn/module.h>
@@ -8,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "../safetensors.hpp"
 #include "layers.hpp"
 #include "match.hpp"
+#include "peft_layout.hpp"
 #include "variant_registry.hpp"
 
 namespace lora::detail {
@@ -39,6 +42,30 @@ inline std::map<std::string, std::string> hf_to_ours(torch::nn::Module& model, c
     if (!fresh && it->second != m.first)
       throw ConfigError(str("lora::peft: the HfMapping sends both '", it->second, "' and '", m.first, "' to '", hf,
                             "'; it must give each module its own HF path."));
+  }
+  return out;
+}
+
+/// The model's layers by the module path PEFT's keys give them (detail/peft_layout.hpp): an
+/// attention's in_proj under the attention's own path, its out_proj also under
+/// "<attention>.base_layer.out_proj"; q / k / v slices have none. `layers` must outlive it.
+struct PeftLayerIndex {
+  std::map<std::string, const Layer*> by_hf;  ///< HF path -> layer
+  std::vector<std::string> hf_paths;          ///< each layer's own HF path, for suggestions
+};
+inline PeftLayerIndex peft_layer_index(const std::vector<Layer>& layers, const peft::HfMapping& mapping) {
+  PeftLayerIndex out;
+  std::set<std::string> attentions;
+  for (const auto& l : layers)
+    if (l.path == l.module_path + ".in_proj") attentions.insert(l.module_path);
+  for (const auto& l : layers) {
+    if (!attention_of(l.path).empty() && l.path != l.module_path + ".in_proj") continue;
+    const auto hf = mapping.hf_path(l.path == l.module_path + ".in_proj" ? l.module_path : l.path);
+    out.by_hf[hf] = &l;
+    out.hf_paths.push_back(hf);
+    const auto at = l.path.rfind(".out_proj");
+    if (at != std::string::npos && at + 9 == l.path.size() && attentions.count(l.path.substr(0, at)))
+      out.by_hf[mapping.hf_path(l.path.substr(0, at)) + ".base_layer.out_proj"] = &l;
   }
   return out;
 }
