@@ -118,6 +118,9 @@ TEST_CASE("routing: each row through its own adapter in one pass equals each row
 TEST_CASE("routing: gradients of a routed batch reach each row's adapter as if its rows ran alone", "[serving][routing]") {
   Served s;
   s.net->train();
+  // Each inject() froze everything but its own adapter: make all three trainable again.
+  for (auto& h : s.handles)
+    for (auto& p : h.parameters()) p.set_requires_grad(true);
   const auto& a = s.net->proj->adapter("a");
   const auto& c = s.net->proj->adapter("c");
   {
