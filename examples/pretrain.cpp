@@ -31,11 +31,11 @@
 #include <vector>
 
 #include "data/corpus.hpp"
-#include "error_message.hpp"
 #include "errors.hpp"
 #include "models/checkpoint.hpp"
 #include "perf/allocator.hpp"
 #include "perf/blas.hpp"
+#include "program_main.hpp"
 #include "pretrain/objectives.hpp"
 #include "pretrain/recipe.hpp"
 #include "pretrain/state.hpp"
@@ -614,22 +614,5 @@ int main(int argc, char** argv) {
   app.add_option("--kill-after-step", f.kill_after_step,
                  "testing: exit abruptly (status 137, no checkpoint) after this step, as if killed")
       ->check(CLI::NonNegativeNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::cout << app.help();
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "pretrain: " << e.what() << ". Run pretrain --help for the flags.\n";
-    return 2;
-  }
-  try {
-    return run(f);
-  } catch (const examples::UsageError& e) {
-    std::cerr << "pretrain: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "pretrain: error: " << examples::message(e) << "\n";
-    return 1;
-  }
+  return examples::program_main(app, argc, argv, "pretrain", [&] { return run(f); });
 }
