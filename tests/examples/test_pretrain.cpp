@@ -478,7 +478,7 @@ TEST_CASE("pretrain: a tiny DistilBERT run writes a Hub folder that loads back w
   init.init(0);
   CHECK((init.distilbert()->vocab_transform->weight - loaded.model->vocab_transform->weight).abs().max().item<double>() > 1e-4);
 
-  const auto curve = lora_test::read_json(out / "curve.json");
+  const auto curve = lora::read_json<nlohmann::json>(out / "curve.json");
   CHECK(curve.at("finished") == true);
   REQUIRE(curve.at("steps").size() == 6);
   for (const auto& s : curve.at("steps")) {
@@ -525,7 +525,7 @@ TEST_CASE("pretrain: a tiny GPT-2 run writes a Hub folder that loads back with t
   const auto ids = some_ids(2, 32, 50257, 4);
   CHECK(lora_test::allclose(loaded.model->forward(ids), held->forward(ids), 0, 1e-6,
                             "gpt2: Hub folder logits vs the trained model's"));
-  const auto curve = lora_test::read_json(out / "curve.json");
+  const auto curve = lora::read_json<nlohmann::json>(out / "curve.json");
   REQUIRE(curve.at("steps").size() == 6);
   CHECK(curve.at("evals")[0].at("held_out_lm").get<double>() == Approx(std::log(50257.0)).margin(0.5));
   CHECK(curve.at("evals").back().at("cls_spread").get<double>() > 0);
@@ -539,7 +539,7 @@ TEST_CASE("pretrain: killed and resumed, or stopped by --max-steps and resumed, 
   const auto dir = lora_test::temp_dir("pretrain_resume");
   const auto whole = lora_test::run_program(tiny_args("distilbert", dir / "whole"));
   REQUIRE(whole.exit_code() == 0);
-  const auto reference = lora_test::read_json(dir / "whole" / "curve.json");
+  const auto reference = lora::read_json<nlohmann::json>(dir / "whole" / "curve.json");
 
   // Killed after step 5 with the last checkpoint at step 4: the rerun goes back to step 4.
   const auto killed = lora_test::run_program(tiny_args("distilbert", dir / "killed", {{"--checkpoint-every", "2"}, {"--kill-after-step", "5"}}));
@@ -551,7 +551,7 @@ TEST_CASE("pretrain: killed and resumed, or stopped by --max-steps and resumed, 
   INFO(resumed.out);
   REQUIRE(resumed.exit_code() == 0);
   CHECK(contains(resumed.out, "resuming from"));
-  const auto after_kill = lora_test::read_json(dir / "killed" / "curve.json");
+  const auto after_kill = lora::read_json<nlohmann::json>(dir / "killed" / "curve.json");
   const double d_loss = curve_diff(reference, after_kill, "steps", "loss");
   const double d_norm = curve_diff(reference, after_kill, "steps", "grad_norm");
   const double d_eval = curve_diff(reference, after_kill, "evals", "held_out_loss");
@@ -565,10 +565,10 @@ TEST_CASE("pretrain: killed and resumed, or stopped by --max-steps and resumed, 
 
   // Stopped by --max-steps 2, then run to the end.
   REQUIRE(lora_test::run_program(tiny_args("distilbert", dir / "stopped", {{"--max-steps", "2"}})).exit_code() == 0);
-  CHECK(lora_test::read_json(dir / "stopped" / "curve.json").at("finished") == false);
+  CHECK(lora::read_json<nlohmann::json>(dir / "stopped" / "curve.json").at("finished") == false);
   CHECK(fs::exists(dir / "stopped" / "model.safetensors"));  // the model so far, usable
   REQUIRE(lora_test::run_program(tiny_args("distilbert", dir / "stopped")).exit_code() == 0);
-  const auto after_stop = lora_test::read_json(dir / "stopped" / "curve.json");
+  const auto after_stop = lora::read_json<nlohmann::json>(dir / "stopped" / "curve.json");
   const double d_stop = curve_diff(reference, after_stop, "steps", "loss");
   std::cout << "  stopped by --max-steps 2, resumed: max |loss diff| vs uninterrupted " << d_stop << "\n";
   CHECK(d_stop <= 1e-6);
@@ -591,7 +591,7 @@ TEST_CASE("pretrain: killed and resumed, or stopped by --max-steps and resumed, 
   // A finished run rerun as it was: nothing more to do, the same folder.
   const auto again = lora_test::run_program(tiny_args("distilbert", dir / "stopped"));
   CHECK(again.exit_code() == 0);
-  CHECK(lora_test::read_json(dir / "stopped" / "curve.json").at("steps").size() == 6);
+  CHECK(lora::read_json<nlohmann::json>(dir / "stopped" / "curve.json").at("steps").size() == 6);
   fs::remove_all(dir);
 }
 
