@@ -43,6 +43,26 @@ struct Init {
   bool rank_within_min = false;
 };
 
+namespace detail {
+
+/// An init that factors the base: `factor` gives B (out, r) and A (r, in) from W (as float64);
+/// the base becomes W - s B A, so the output is unchanged at step 0. Held to r <= min(in, out).
+template <typename Factor>
+Init factoring_init(std::string name, Factor factor) {
+  Init p{std::move(name), [factor](InitContext& c) {
+           const auto W = c.weight.to(at::kDouble);
+           const auto [B, A] = factor(W, c);  // (out, r), (r, in)
+           c.A.copy_(A);
+           c.B.copy_(B);
+           c.weight.copy_(W - c.scale * B.mm(A));
+         }};
+  p.changes_base = true;
+  p.rank_within_min = true;
+  return p;
+}
+
+}  // namespace detail
+
 namespace init {
 
 /// A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0: PEFT's default (kaiming_uniform with a = sqrt(5)).
@@ -98,42 +118,27 @@ inline Init gaussian_subtracted(double sigma = 1.0) {
   return p;
 }
 
+
 /// PiSSA (Meng et al. 2024): W = U S V^T, A = sqrt(S_r/s) V_r^T, B = U_r sqrt(S_r/s),
 /// W <- W - s B A. The adapter holds the principal directions; output is unchanged at step 0.
 inline Init pissa() {
-  Init p{"pissa", [](InitContext& c) {
-           auto W = c.weight.to(at::kDouble);
-           auto usv = at::linalg_svd(W, /*full_matrices=*/false);
-           auto U = std::get<0>(usv).narrow(1, 0, c.rank);    // (out, r)
-           auto S = std::get<1>(usv).narrow(0, 0, c.rank);    // (r)
-           auto Vh = std::get<2>(usv).narrow(0, 0, c.rank);   // (r, in)
-           auto root = (S / c.scale).sqrt();
-           auto A = root.unsqueeze(1) * Vh;                    // (r, in)
-           auto B = U * root.unsqueeze(0);                     // (out, r)
-           c.A.copy_(A);
-           c.B.copy_(B);
-           c.weight.copy_(W - c.scale * B.mm(A));
-         }};
-  p.changes_base = true;
-  p.rank_within_min = true;
-  return p;
+  return lora::detail::factoring_init("pissa", [](const at::Tensor& W, const InitContext& c) {
+    auto usv = at::linalg_svd(W, /*full_matrices=*/false);
+    auto U = std::get<0>(usv).narrow(1, 0, c.rank);   // (out, r)
+    auto S = std::get<1>(usv).narrow(0, 0, c.rank);   // (r)
+    auto Vh = std::get<2>(usv).narrow(0, 0, c.rank);  // (r, in)
+    auto root = (S / c.scale).sqrt();
+    return std::make_pair(U * root.unsqueeze(0), root.unsqueeze(1) * Vh);  // B (out, r), A (r, in)
+  });
 }
 
 /// OLoRA (Büyükakyüz 2024): W = Q R, B = Q[:, :r], A = R[:r], W <- W - s B A.
 /// Orthonormal B; output is unchanged at step 0.
 inline Init olora() {
-  Init p{"olora", [](InitContext& c) {
-           auto W = c.weight.to(at::kDouble);
-           auto qr = at::linalg_qr(W, "reduced");
-           auto B = std::get<0>(qr).narrow(1, 0, c.rank);  // (out, r)
-           auto A = std::get<1>(qr).narrow(0, 0, c.rank);  // (r, in)
-           c.A.copy_(A);
-           c.B.copy_(B);
-           c.weight.copy_(W - c.scale * B.mm(A));
-         }};
-  p.changes_base = true;
-  p.rank_within_min = true;
-  return p;
+  return lora::detail::factoring_init("olora", [](const at::Tensor& W, const InitContext& c) {
+    auto qr = at::linalg_qr(W, "reduced");
+    return std::make_pair(std::get<0>(qr).narrow(1, 0, c.rank), std::get<1>(qr).narrow(0, 0, c.rank));  // B, A
+  });
 }
 
 /// Your own rule. `changes_base` must be true if `fn` writes ctx.weight; such a rule is also
