@@ -49,7 +49,7 @@ double perplexity_alone(const fs::path& model_dir, const fs::path& adapter, cons
 }
 }  // namespace
 
-TEST_CASE("serve_adapters: mixed batches; each printed perplexity equals its row run alone with its adapter",
+TEST_CASE("serve_adapters: mixed batches, each printed perplexity equal to its row run alone with its adapter",
           "[programs][serving]") {
   const auto model = lora_test::fixture("gpt2_pretrained_tiny");
   LORA_REQUIRE_PATH(model);

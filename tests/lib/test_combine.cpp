@@ -226,7 +226,7 @@ TEST_CASE("combine: linear is PEFT's formula, sums of the A's and of the B's", "
                               1e-12, "linear of one adapter on " + l.path + ": delta vs -0.7 s B A"));
 }
 
-TEST_CASE("combine: svd at full rank equals cat; at a lower rank its error is the SVD tail", "[combine]") {
+TEST_CASE("combine: svd at full rank equals cat, and at a lower rank its error is the SVD tail", "[combine]") {
   auto m = make();
   add(m, "a", 2, 4, 1, kAll);
   add(m, "b", 3, 6, 2, kAll);

@@ -210,7 +210,7 @@ TEST_CASE("routing: two threads routing differently at the same time each get th
   CHECK(wrong == 0);
 }
 
-TEST_CASE("scale at run time: set, multiply, restore; 0 gives the base exactly; both paths; saved as is", "[serving][scale]") {
+TEST_CASE("scale at run time: set, multiply, restore, 0 gives the base exactly, on both paths, saved as is", "[serving][scale]") {
   torch::manual_seed(5);
   // One drop-in layer and one plain torch::nn::Linear (re-parametrized) in one model.
   torch::nn::Sequential m(lora::Linear(6, 5), torch::nn::Linear(5, 4));
@@ -299,7 +299,7 @@ TEST_CASE("adapter dtype: float32 adapters on a bfloat16 base train like the flo
   CHECK(std::abs(lbf.back() - l32.back()) <= 0.05 * l32.front());
 }
 
-TEST_CASE("adapter dtype: merges in float32 round once; save writes the dtype asked for", "[serving][dtype]") {
+TEST_CASE("adapter dtype: merges in float32 round once, and save writes the dtype asked for", "[serving][dtype]") {
   torch::manual_seed(1);
   torch::nn::Sequential m(lora::Linear(16, 8), torch::nn::Linear(8, 6));
   m->to(torch::kBFloat16);
