@@ -18,6 +18,7 @@
 #include <lora/lora.hpp>
 #include <models/distilbert.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -76,7 +77,7 @@ inline Handler serving_handler(const Options& o) {
       out = model(ids).logits;
     } else {  // one forward per adapter over its rows
       out = torch::empty({o.batch, cfg.num_labels}, ids.options().dtype(torch::kFloat));
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t k = 0; k < std::min(K, o.batch); ++k) {  // adapters with rows (--quick: batch 8 < 16)
         const auto idx = torch::arange(k, o.batch, K, ids.options());
         lora::set_active_adapters(*model, {serving_adapter(k)});
         out.index_copy_(0, idx, model(ids.index_select(0, idx)).logits);
