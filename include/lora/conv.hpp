@@ -16,6 +16,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "layer_adapter.hpp"
 #include "detail/adapter_host.hpp"
@@ -35,8 +36,12 @@ class ConvImpl : public Base, public AdapterHost {
   /// (N, in, spatial...) -> (N, out, spatial'...)
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = Base::forward(input);
-    if (const auto* r = current_routing()) return this->add_routed(*r, y, input, this->is_training());  // lora/routing.hpp
-    const auto pending = this->bank().pending();
+    std::vector<const LayerAdapter*> pending;
+    if (const auto* r = current_routing()) {  // rows with their own adapters (lora/routing.hpp)
+      if (!this->routed_uniformly(*r, input, pending)) return this->add_routed(*r, y, input, this->is_training());
+    } else {
+      pending = this->bank().pending();
+    }
     if (pending.empty()) return y;
     const auto dt = y.scalar_type(), at = pending.front()->A.scalar_type();  // cast at the edges
     ForwardInput in{input.to(at), this->weight, {}, this->is_training()};

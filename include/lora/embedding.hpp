@@ -14,6 +14,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "layer_adapter.hpp"
 #include "detail/adapter_host.hpp"
@@ -34,9 +35,13 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl, public detail::AdapterHos
   /// ids (...) -> (..., dim)
   torch::Tensor forward(const torch::Tensor& input) {
     auto y = torch::nn::EmbeddingImpl::forward(input);  // (..., dim)
-    if (const auto* r = detail::current_routing()) return add_routed(*r, y, input, is_training());  // lora/routing.hpp
+    std::vector<const LayerAdapter*> pending;
+    if (const auto* r = detail::current_routing()) {  // rows with their own adapters (lora/routing.hpp)
+      if (!routed_uniformly(*r, input, pending)) return add_routed(*r, y, input, is_training());
+    } else {
+      pending = bank().pending();
+    }
     detail::ForwardInput in{input, weight, {}, is_training()};
-    const auto pending = bank().pending();
     if (pending.empty()) return y;
     const auto dt = y.scalar_type();
     y = y.to(pending.front()->A.scalar_type());  // float32 adapters on a half base: cast at the edges

@@ -55,9 +55,13 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
-    if (const auto* r = detail::current_routing())  // rows with their own adapters (lora/routing.hpp)
-      return add_routed(*r, torch::nn::functional::linear(x, weight, bias), x, is_training());
-    const auto pending = bank().pending();
+    std::vector<const LayerAdapter*> pending;
+    if (const auto* r = detail::current_routing()) {  // rows with their own adapters (lora/routing.hpp)
+      if (!routed_uniformly(*r, x, pending))           // one adapter for all rows: the fused path below
+        return add_routed(*r, torch::nn::functional::linear(x, weight, bias), x, is_training());
+    } else {
+      pending = bank().pending();
+    }
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
     if (const auto dt = pending.front()->A.scalar_type(); dt != x.scalar_type() && x.is_floating_point()) {
       // Float32 adapters on a half-precision base (Config::autocast_adapter_dtype): the base

@@ -110,6 +110,16 @@ TEST_CASE("routing: each row through its own adapter in one pass equals each row
   s.only_all();
   CHECK(torch::equal(routed[1], base[1]));
   CHECK((routed[0] - base[0]).abs().max().item<double>() > 1e-3);
+  // Every row on one adapter: each layer takes its ordinary (fused) path with that adapter, so
+  // the batch equals the forward with only that adapter active, bit for bit.
+  torch::Tensor routed_c;
+  {
+    lora::RowRouting all_c(*s.net, std::vector<std::string>(kRows.size(), "c"));
+    routed_c = s.net->forward(s.ids);
+  }
+  s.only("c");
+  CHECK(torch::equal(routed_c, s.net->forward(s.ids)));
+  s.only_all();
   // After the scope, the layers' active adapters apply again to every row.
   const auto all = s.net->forward(s.ids);
   CHECK((all[1] - routed[1]).abs().max().item<double>() > 1e-3);

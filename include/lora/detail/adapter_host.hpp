@@ -9,6 +9,8 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -109,9 +111,34 @@ class AdapterHost {
   /// The layer's name in error messages when add_adapter() is given no path.
   virtual std::string host_name() const { return "lora::" + kind()->name(); }
 
+  /// Under this thread's routing `r` (lora/routing.hpp), whether every row of `x` uses the same
+  /// adapter of this layer (or none): then `pending` is set to it (or emptied), and the layer's
+  /// ordinary forward() with it computes the routed output exactly (fused, for lora::Linear).
+  bool routed_uniformly(const Routing& r, const torch::Tensor& x, std::vector<const LayerAdapter*>& pending) const {
+    const auto [in_use, slot] = routed_slots(r, x);
+    if (std::adjacent_find(slot.begin(), slot.end(), std::not_equal_to<int64_t>()) != slot.end()) return false;
+    pending.clear();
+    if (slot.front() < static_cast<int64_t>(in_use.size())) pending.push_back(in_use[static_cast<size_t>(slot.front())]);
+    return true;
+  }
+
   /// `y` (the base output) plus each row's adapter branch for input `x`, under this thread's
   /// routing `r` (lora/routing.hpp): the drop-in layers' forward() while a RowRouting lives.
   torch::Tensor add_routed(const Routing& r, const torch::Tensor& y, const torch::Tensor& x, bool training) const {
+    const auto [in_use, slot] = routed_slots(r, x);
+    if (in_use.empty()) return y;  // no routed adapter here: every row gets the base output
+    const auto idx = torch::tensor(slot, torch::kLong).to(x.device());
+    const auto dt = in_use.front()->A.scalar_type();
+    if (dt == y.scalar_type()) return kind()->add_routed_branch(in_use, idx, y, x, training);
+    // Float32 adapters on a half-precision base: cast at the branch's edges.
+    const auto xa = x.is_floating_point() ? x.to(dt) : x;
+    return kind()->add_routed_branch(in_use, idx, y.to(dt), xa, training).to(y.scalar_type());
+  }
+
+  /// The adapters of this layer that routing `r` uses, and each row's slot among them
+  /// (in_use.size(): none), after the checks every routed forward makes.
+  std::pair<std::vector<const LayerAdapter*>, std::vector<int64_t>> routed_slots(const Routing& r,
+                                                                                 const torch::Tensor& x) const {
     const auto rows = static_cast<int64_t>(r.row_name.size());
     if (x.dim() == 0 || x.size(0) != rows)
       throw ShapeError(str("lora::RowRouting routes ", rows, " rows, but ", host_name(), " got an input of shape ",
@@ -130,16 +157,10 @@ class AdapterHost {
       slot_of_name[n] = static_cast<int64_t>(in_use.size());
       in_use.push_back(&a);
     }
-    if (in_use.empty()) return y;  // no routed adapter here: every row gets the base output
     const auto none = static_cast<int64_t>(in_use.size());
     std::vector<int64_t> slot;
     for (const auto n : r.row_name) slot.push_back(n < 0 || slot_of_name[n] < 0 ? none : slot_of_name[n]);
-    const auto idx = torch::tensor(slot, torch::kLong).to(x.device());
-    const auto dt = in_use.front()->A.scalar_type();
-    if (dt == y.scalar_type()) return kind()->add_routed_branch(in_use, idx, y, x, training);
-    // Float32 adapters on a half-precision base: cast at the branch's edges.
-    const auto xa = x.is_floating_point() ? x.to(dt) : x;
-    return kind()->add_routed_branch(in_use, idx, y.to(dt), xa, training).to(y.scalar_type());
+    return {in_use, slot};
   }
 
   const LayerAdapterSet& bank() const { return bank_; }

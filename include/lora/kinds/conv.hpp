@@ -76,7 +76,8 @@ class Conv final : public detail::Kind {
                             options_.dilation());                         // (N, K R, spatial'...)
     const auto rows = torch::arange(n, slot.options());
     const auto h = h_all.reshape({n, K, R, -1}).index({rows, slot.clamp_max(K - 1)});  // (N, R, S)
-    return y + torch::bmm(B.index_select(0, slot), h).view(y.sizes());   // (N, out, spatial'...); the zero slot adds 0
+    return torch::baddbmm(y.reshape({n, y.size(1), -1}), B.index_select(0, slot), h)
+        .view(y.sizes());  // (N, out, spatial'...); the zero slot adds 0
   }
 
  private:

@@ -71,7 +71,8 @@ class Embedding final : public detail::Kind {
       const auto pad = *padding_idx_ < 0 ? *padding_idx_ + num : *padding_idx_;
       h = h * (x != pad).unsqueeze(-1).to(h.dtype());
     }
-    return y + torch::bmm(h.reshape({n, -1, R}), B.index_select(0, slot).transpose(1, 2)).view(y.sizes());
+    return torch::baddbmm(y.reshape({n, -1, y.size(-1)}), h.reshape({n, -1, R}), B.index_select(0, slot).transpose(1, 2))
+        .view(y.sizes());
   }
 
  private:

@@ -32,7 +32,8 @@ class Linear final : public detail::Kind {
     const auto n = x.size(0);
     const auto x3 = detail::dropped_rows(x, adapters, slot, training).reshape({n, -1, x.size(-1)});  // (N, T, in)
     const auto h = torch::bmm(x3, A.index_select(0, slot).transpose(1, 2));                     // (N, T, R)
-    return y + torch::bmm(h, B.index_select(0, slot).transpose(1, 2)).view(y.sizes());          // (N, ..., out)
+    return torch::baddbmm(y.reshape({n, -1, y.size(-1)}), h, B.index_select(0, slot).transpose(1, 2))
+        .view(y.sizes());  // (N, ..., out): y + each row's branch in one kernel
   }
 };
 
