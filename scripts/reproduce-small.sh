@@ -44,6 +44,14 @@ if [ ! -f "$shared/fixtures/distilbert_news_small/model.safetensors" ]; then
   exit 1
 fi
 shared=$(cd "$shared" && pwd)
+# OpenBLAS picks its kernels from the CPU it detects; on some VMs (this project's 2-core Xeon
+# among them) it does not recognise the CPU and falls back to Prescott's SSE3 kernels, 2.4x
+# slower on sgemm than its AVX2 (Haswell) ones. Every AVX2 CPU runs the Haswell kernels; set
+# OPENBLAS_CORETYPE yourself to choose others (docs/performance.md).
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+  export OPENBLAS_CORETYPE=Haswell
+  echo "reproduce-small: OPENBLAS_CORETYPE=Haswell (this CPU has AVX2; set OPENBLAS_CORETYPE to override)"
+fi
 jobs=${LORA_JOBS:-2}
 threads=${LORA_THREADS:-0}  # per point; 0: cores / jobs
 all=(agnews-alpha32 agnews-alpha10r agnews-gaussian-1 agnews-gaussian-0.1 agnews-gaussian-0.01 wikitext wikitext-lm-head

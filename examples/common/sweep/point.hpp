@@ -294,8 +294,7 @@ inline nlohmann::json point_settings(const Options& o, const Task& task, const P
     if (run.full_train != "all") s["full_train"] = run.full_train;
     // Tied weights trained, one update per step (points run before this was fixed stepped
     // them twice and lack the entry, so they no longer pass as this point's).
-    if (run.full_train == "all" && !task.tied_weights().empty())
-      s["tied_weights"] = task.tied_weights() + " (one tensor: one AdamW update per step)";
+    if (run.full_train == "all" && !task.tied_weights().empty()) s["tied_weights"] = task.tied_weights();
     return s;
   }
   const auto& c = *run.lora;

@@ -288,9 +288,9 @@ class Task {
   /// May load data (the WikiText task evaluates its base model once); called by the engine
   /// after each point and by the report.
   virtual CollapseRule collapse_rule() { return {}; }
-  /// The model's weights that one tensor holds under two names (e.g. "lm_head.weight =
-  /// transformer.wte.weight"), or "" if none. FullFT gives such a tensor one AdamW update per
-  /// step (its points record this, point.hpp).
+  /// The weights this task's model layout may hold in one tensor under two names, and what
+  /// FullFT does with them, or "" if the layout ties none. A property of the program, not read
+  /// from the model's files: point settings are computed without them (point.hpp).
   virtual std::string tied_weights() const { return ""; }
   /// A fresh model with the base weights for point `p`. The engine has just seeded torch with
   /// p.seed (so a newly initialised head is reproducible); it then moves the module to the
