@@ -56,6 +56,7 @@ struct Figures {
       {"serving_mixed16_vs_single", "serving: 16 adapters routed per row / 1 adapter active", NAN, "<= 1.30"},
       {"serving_loop4_vs_mixed4", "serving: one forward per adapter (PEFT's way) / routed, 4 adapters", NAN, ""},
       {"serving_loop16_vs_mixed16", "serving: one forward per adapter / routed, 16 adapters", NAN, ">= 1.00"},
+      {"serving_grouped16_vs_single", "serving: 16 adapters routed, rows sorted by adapter / 1 adapter active", NAN, ""},
       {"wordpiece_mb_s", "WordPiece MB/s, 1 thread, cold", NAN, ""},
       {"bpe_mb_s", "GPT-2 BPE MB/s, 1 thread, cold", NAN, ""},
   };

@@ -29,7 +29,8 @@
 //                              forward unmerged / merged (kinds_figures.hpp)
 //   serving_*                  one batch whose rows use 1, 4 or 16 adapters (ranks 8 and 16):
 //                              routed per row (lora::RowRouting) / one adapter active, and one
-//                              forward per adapter (PEFT's way) / routed (serving_figures.hpp)
+//                              forward per adapter (PEFT's way) / routed, and the rows sorted
+//                              by adapter / one adapter active (serving_figures.hpp)
 //   wordpiece_mb_s, bpe_mb_s   one-thread tokenizer throughput on wiki.valid.raw + AG-News test
 //
 // Every measurement runs in a child process forked before the parent touches LibTorch's

@@ -3,7 +3,9 @@
 // dim 128, 4 layers, 4 heads, FFN 512, vocab 30,522) with every Linear adapted, eval mode:
 //   single  the batch through one active adapter (the ordinary forward: the bar to meet)
 //   mixed   the same batch with each row routed to its own adapter (lora::RowRouting: one
-//           gathered computation, lora/routing.hpp)
+//           gathered computation, lora/routing.hpp); row b uses adapter b mod K
+//   grouped the same, each adapter's rows consecutive (a batch sorted by adapter: one product
+//           per group)
 //   loop    PEFT's way for mixed batches: one forward per adapter over its rows, results put
 //           back in row order
 // All in one worker process, in turns, on the same ids.
@@ -36,7 +38,7 @@ namespace bench {
 inline std::string serving_adapter(int64_t k) { return "a" + std::to_string(k); }
 constexpr int64_t kServingAdapters = 16;
 
-/// The worker: {"mode": "single" | "mixed" | "loop", "k": K}: one timed eval forward.
+/// The worker: {"mode": "single" | "mixed" | "grouped" | "loop", "k": K}: one timed eval forward.
 inline Handler serving_handler(const Options& o) {
   models::DistilBertConfig cfg;
   cfg.dim = 128, cfg.n_layers = 4, cfg.n_heads = 4, cfg.hidden_dim = 512, cfg.num_labels = 4;
@@ -64,15 +66,16 @@ inline Handler serving_handler(const Options& o) {
     const auto mode = cmd.at("mode").get<std::string>();
     const auto K = cmd.at("k").get<int64_t>();
     torch::NoGradGuard no_grad;
-    std::vector<std::string> rows;  // row b uses adapter b mod K
-    for (int64_t b = 0; b < o.batch; ++b) rows.push_back(serving_adapter(b % K));
+    std::vector<std::string> rows;  // row b uses adapter b mod K ("grouped": rows sorted by adapter)
+    for (int64_t b = 0; b < o.batch; ++b)
+      rows.push_back(serving_adapter(mode == "grouped" ? b * std::min(K, o.batch) / o.batch : b % K));
     torch::Tensor out;
     synchronize(d);
     const auto t0 = clock_type::now();
     if (mode == "single") {
       lora::set_active_adapters(*model, {serving_adapter(0)});
       out = model(ids).logits;
-    } else if (mode == "mixed") {
+    } else if (mode == "mixed" || mode == "grouped") {
       lora::RowRouting route(*model, rows);
       out = model(ids).logits;
     } else {  // one forward per adapter over its rows
@@ -99,7 +102,8 @@ inline void measure_serving(const Options& o, Figures& figs, json& details) {
     std::string mode;
     int64_t k;
   };
-  const std::vector<Case> cases = {{"single", 1}, {"mixed", 1}, {"mixed", 4}, {"loop", 4}, {"mixed", 16}, {"loop", 16}};
+  const std::vector<Case> cases = {{"single", 1}, {"mixed", 1}, {"mixed", 4},   {"loop", 4},
+                                   {"mixed", 16}, {"loop", 16}, {"grouped", 16}};
   std::vector<std::vector<double>> t(cases.size());
   for (int round = 0; round < o.warmup + o.steps + 1; ++round)
     for (size_t i = 0; i < cases.size(); ++i) {
@@ -120,6 +124,7 @@ inline void measure_serving(const Options& o, Figures& figs, json& details) {
   figs("serving_mixed16_vs_single").value = median_ratio(t[4], t[0]);
   figs("serving_loop4_vs_mixed4").value = median_ratio(t[3], t[2]);
   figs("serving_loop16_vs_mixed16").value = median_ratio(t[5], t[4]);
+  figs("serving_grouped16_vs_single").value = median_ratio(t[6], t[0]);
   details["serving"] = per_case;
 }
 

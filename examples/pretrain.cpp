@@ -396,7 +396,7 @@ int run(Flags f) {
   as.beta2 = f.beta2;
   as.eps = f.eps;
   as.weight_decay = f.weight_decay;
-  pretrain::AdamW opt(pretrain::unique_parameters(base.module()), as);
+  pretrain::AdamW opt(lora::unique_named_parameters(base.module()), as);
   int64_t n_params = 0;
   for (const auto& p : opt.parameters()) n_params += p.numel();
   std::cout << "model: " << f.layout << ", dim " << f.dim << ", " << f.layers << " layers, " << f.heads << " heads, hidden "

@@ -62,6 +62,10 @@ struct Config {
 
   /// The adapter's name, for several adapters on one model ("default" as in PEFT).
   std::string adapter_name = "default";
+  /// The name the per-layer init seeds derive from, if not adapter_name (""). An adapter
+  /// added as "b" with seed_name "default" starts as the one the same Config gives "default"
+  /// (e.g. several adapters trained in one pass that each reproduce a run of its own).
+  std::string seed_name;
 
   /// DoRA (Liu et al. 2024, PEFT's use_dora): each adapted layer also learns a magnitude m per
   /// output row, initialised to the row norms of W + s B A, and computes

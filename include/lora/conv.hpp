@@ -38,7 +38,9 @@ class ConvImpl : public Base, public AdapterHost {
     auto y = Base::forward(input);
     std::vector<const LayerAdapter*> pending;
     if (const auto* r = current_routing()) {  // rows with their own adapters (lora/routing.hpp)
-      if (!this->routed_uniformly(*r, input, pending)) return this->add_routed(*r, y, input, this->is_training());
+      const auto rows = this->routed_rows(*r, input);
+      if (!rows.uniform()) return this->add_routed(rows, y, input, this->is_training());
+      pending = rows.uniform_adapters();
     } else {
       pending = this->bank().pending();
     }

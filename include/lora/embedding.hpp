@@ -37,7 +37,9 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl, public detail::AdapterHos
     auto y = torch::nn::EmbeddingImpl::forward(input);  // (..., dim)
     std::vector<const LayerAdapter*> pending;
     if (const auto* r = detail::current_routing()) {  // rows with their own adapters (lora/routing.hpp)
-      if (!routed_uniformly(*r, input, pending)) return add_routed(*r, y, input, is_training());
+      const auto rows = routed_rows(*r, input);
+      if (!rows.uniform()) return add_routed(rows, y, input, is_training());
+      pending = rows.uniform_adapters();
     } else {
       pending = bank().pending();
     }

@@ -131,7 +131,7 @@ inline ModelAdapter inject(torch::nn::Module& model, const Config& config) {
     s.scaling = config.scaling;
     s.dropout = config.dropout;
     s.init = config.init;
-    s.seed = detail::layer_seed(config.seed, l->path, config.adapter_name);
+    s.seed = detail::layer_seed(config.seed, l->path, config.seed_name.empty() ? config.adapter_name : config.seed_name);
     s.use_dora = config.use_dora;
     s.autocast_adapter_dtype = config.autocast_adapter_dtype;
     s.allow_rank_above_min = config.allow_rank_above_min;

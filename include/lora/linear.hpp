@@ -55,13 +55,31 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
 
   /// x (..., in) -> (..., out)
   torch::Tensor forward(const torch::Tensor& x) {
-    std::vector<const LayerAdapter*> pending;
-    if (const auto* r = detail::current_routing()) {  // rows with their own adapters (lora/routing.hpp)
-      if (!routed_uniformly(*r, x, pending))           // one adapter for all rows: the fused path below
-        return add_routed(*r, torch::nn::functional::linear(x, weight, bias), x, is_training());
-    } else {
-      pending = bank().pending();
+    const auto* r = detail::current_routing();
+    if (!r) return forward_with(x, bank().pending());
+    // Rows with their own adapters (lora/routing.hpp). One adapter for all rows, or rows
+    // grouped by adapter: each group through the ordinary (fused) path with its adapter, the
+    // same computation as the group alone. Rows in any other order: the gathered computation.
+    const auto rows = routed_rows(*r, x);
+    if (rows.uniform()) return forward_with(x, rows.uniform_adapters());
+    const auto runs = detail::row_runs(rows.slot);
+    if (runs.size() > rows.in_use.size() + 1)
+      return add_routed(rows, torch::nn::functional::linear(x, weight, bias), x, is_training());
+    std::vector<int64_t> lengths;
+    for (const auto& run : runs) lengths.push_back(run.length);
+    const auto xs = x.split_with_sizes(lengths, /*dim=*/0);
+    std::vector<torch::Tensor> parts;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const auto slot = static_cast<size_t>(runs[i].slot);
+      parts.push_back(forward_with(xs[i], slot < rows.in_use.size() ? std::vector<const LayerAdapter*>{rows.in_use[slot]}
+                                                                     : std::vector<const LayerAdapter*>{}));
     }
+    return torch::cat(parts, /*dim=*/0);  // (N, ..., out)
+  }
+
+ private:
+  /// forward() with the adapters `pending` (in order) on top of the base layer.
+  torch::Tensor forward_with(const torch::Tensor& x, const std::vector<const LayerAdapter*>& pending) {
     if (pending.empty()) return torch::nn::functional::linear(x, weight, bias);  // (..., out)
     if (const auto dt = pending.front()->A.scalar_type(); dt != x.scalar_type() && x.is_floating_point()) {
       // Float32 adapters on a half-precision base (Config::autocast_adapter_dtype): the base
@@ -98,6 +116,7 @@ class LinearImpl : public torch::nn::Module, public detail::AdapterHost {
     return bias.defined() ? y + bias : y;
   }
 
+ public:
   // Adapters: add_adapter(name, spec), remove_adapter, merge, unmerge, set_adapters_enabled,
   // set_active_adapters, adapter(name), adapter_names(), active_adapters(),
   // has_pending_adapters(), merged_weight(): detail::AdapterHost.

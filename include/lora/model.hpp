@@ -1,5 +1,5 @@
 // Whole-model functions beside inject(): the parameters to count or to give a full
-// fine-tuning optimizer (unique_parameters), which adapters are active on every layer
+// fine-tuning optimizer (unique_parameters, unique_named_parameters), which adapters are active on every layer
 // (set_active_adapters), and the model's weights with the adapters merged in, for export
 // (merged_state_dict).
 #pragma once
@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "detail/layers.hpp"
@@ -18,14 +19,22 @@
 
 namespace lora {
 
-/// model.parameters() with tied tensors (one tensor under two names, e.g. GPT-2's wte and
-/// lm_head) listed once: what to count, and what to give a full fine-tuning optimizer, which
-/// would otherwise update a tied tensor twice per step.
+/// model.named_parameters() with tied tensors (one tensor under two names, e.g. GPT-2's wte
+/// and lm_head) listed once, under their first name, in model order.
+inline std::vector<std::pair<std::string, torch::Tensor>> unique_named_parameters(const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  std::set<const void*> seen;
+  for (const auto& p : model.named_parameters(/*recurse=*/true))
+    if (seen.insert(p.value().unsafeGetTensorImpl()).second) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+/// model.parameters() with tied tensors listed once (unique_named_parameters): what to count,
+/// and what to give a full fine-tuning optimizer, which would otherwise update a tied tensor
+/// twice per step.
 inline std::vector<torch::Tensor> unique_parameters(const torch::nn::Module& model) {
   std::vector<torch::Tensor> out;
-  std::set<const void*> seen;
-  for (const auto& p : model.parameters())
-    if (seen.insert(p.unsafeGetTensorImpl()).second) out.push_back(p);
+  for (auto& [name, p] : unique_named_parameters(model)) out.push_back(std::move(p));
   return out;
 }
 

@@ -12,7 +12,8 @@
 // adapter, ignoring the layer's active adapters; a layer without row b's adapter gives row b its
 // base output. Adapters of different ranks mix in one pass: the layer stacks the A and B of the
 // adapters in use, zero-padded to the largest rank, and computes every row's branch in one
-// batched product (detail/routing.hpp), not one forward per sub-batch. Gradients flow to each
+// batched product (detail/routing.hpp), not one forward per sub-batch; rows grouped by adapter
+// take one product per group (detail/adapter_host.hpp add_routed). Gradients flow to each
 // row's adapter, so K adapters can also train in one pass.
 //
 // The scope is per thread: another thread's forward passes run with their own routing (or
@@ -87,8 +88,9 @@ class RowRouting {
 
  private:
   static void check_layer(const detail::Layer& l, const std::set<std::string>& used) {
-    if (!l.host || l.host->adapter_names().empty()) return;
+    if (!l.host) return;
     const auto names = l.host->adapter_names();
+    if (names.empty()) return;
     if (!l.drop_in) {
       throw ConfigError(detail::str(
           "lora::RowRouting: layer '", l.path, "' is a plain torch::nn::", l.kind->name(), " carrying adapters ",

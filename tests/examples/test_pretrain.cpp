@@ -395,7 +395,7 @@ TEST_CASE("recipe: HF initialisation, tied weights counted once", "[pretrain][re
     pretrain::Base base(c, {});
     base.init(5);
     auto& m = *base.distilbert();
-    const auto params = pretrain::unique_parameters(m);
+    const auto params = lora::unique_named_parameters(m);
     std::set<std::string> names;
     for (const auto& [n, p] : params) names.insert(n);
     CHECK(names.count("distilbert.embeddings.word_embeddings.weight") == 1);

@@ -99,6 +99,11 @@ class ToyTask : public sweep::Task {
       if (run == crash_at_ && ++*steps == 3) throw std::runtime_error("simulated crash in the middle of a point");
       return torch::nn::functional::cross_entropy(impl->forward(b.at("x")), b.at("y"));  // ()
     };
+    m.row_losses = [impl](const sweep::Batch& b) {
+      namespace F = torch::nn::functional;
+      const auto nll = F::cross_entropy(impl->forward(b.at("x")), b.at("y"), F::CrossEntropyFuncOptions().reduction(torch::kNone));
+      return std::make_pair(nll, torch::ones_like(nll));  // (B), (B)
+    };
     const auto device = torch::Device(o_.device);
     m.val_loss = [this, impl, device] {
       const auto batches = batches_of(val_, torch::arange(val_.x.size(0)), o_.batch_size);
@@ -1011,5 +1016,82 @@ TEST_CASE("sweep: --alphas gives a column per alpha, a scale plot and the fitted
   CHECK(contains(summary, "| r2 a1 |"));
   CHECK(contains(summary, "Against the scale s (2 scales"));
   CHECK(contains(summary, "| r2 a4 / r2 a1 |"));
+  cleanup(dir);
+}
+
+TEST_CASE("sweep: --pack trains LoRA points of a seed in one pass, each as it trains alone", "[sweep][pack]") {
+  // The toy model draws no random numbers in training (no dropout), so a packed point must
+  // give what the same point gives alone, up to float rounding (the routed batched product
+  // and a per-row loss sum in another order). One LR diverges: it stops, the others go on.
+  const std::vector<std::string> grid = {"--lrs", "3e-3", "3e-2", "1e30", "--ranks", "2", "4", "--full-finetune",
+                                         "--seeds", "3", "4"};
+  const auto alone_dir = temp_dir("pack-alone"), packed_dir = temp_dir("pack-packed");
+  std::ostringstream sink;
+  const auto alone_o = toy_options(alone_dir, grid);
+  ToyTask alone_task(alone_o);
+  REQUIRE(sweep::run_sweep(alone_o, alone_task, quiet(sink)).ran == 18);
+  auto more = grid;
+  more.insert(more.end(), {"--pack", "4"});
+  const auto packed_o = toy_options(packed_dir, more);
+  ToyTask packed_task(packed_o);
+  const auto out = sweep::run_sweep(packed_o, packed_task, quiet(sink));
+  INFO(sink.str());
+  CHECK(out.ran == 18);
+  CHECK(out.diverged == 6);  // LoRA r2, r4 and FullFT at 1e30, two seeds
+  CHECK(out.complete);
+  // Per seed: 3 FullFT points alone, 6 LoRA points in packs of 4 and 2.
+  CHECK(packed_task.runs == 2 * (3 + 2));
+
+  double max_diff = 0;
+  size_t packed = 0;
+  std::map<size_t, size_t> packs_of;  // pack size -> points
+  for (const auto& f : files_in(alone_dir / "points")) {
+    const auto a = load(f), p = load(packed_dir / "points" / f.filename());
+    INFO(f.filename().string());
+    CHECK(p.at("settings") == a.at("settings"));  // a packed point passes as the same point
+    const auto& with = p.at("environment").value("packed_with", json::array());
+    if (a.at("settings").at("method") == "full") {
+      CHECK(with.empty());
+      CHECK(without_environment(p) == without_environment(a));  // FullFT runs alone, bit for bit
+      continue;
+    }
+    ++packed;
+    packs_of[with.size() + 1] += 1;
+    CHECK(std::find(with.begin(), with.end(), a.at("key")) == with.end());
+    const auto& ra = a.at("results");
+    const auto& rp = p.at("results");
+    CHECK(rp.at("diverged") == ra.at("diverged"));
+    CHECK(rp.at("steps") == ra.at("steps"));
+    CHECK(rp.at("trainable_parameters") == ra.at("trainable_parameters"));
+    if (ra.at("diverged").get<bool>()) continue;
+    for (const char* k : {"train_losses", "val_losses"})
+      for (size_t e = 0; e < ra.at(k).size(); ++e)
+        max_diff = std::max(max_diff, std::abs(ra.at(k)[e].get<double>() - rp.at(k)[e].get<double>()));
+    const auto& ca = ra.at("train_curve").at("loss");
+    const auto& cp = rp.at("train_curve").at("loss");
+    REQUIRE(ca.size() == cp.size());
+    for (size_t i = 0; i < ca.size(); ++i) max_diff = std::max(max_diff, std::abs(ca[i].get<double>() - cp[i].get<double>()));
+    CHECK(std::abs(rp.at("test_acc").get<double>() - ra.at("test_acc").get<double>()) <= 100.0 / 64 + 1e-9);  // one example at most
+  }
+  std::cout << "packed vs alone: " << packed << " LoRA points, max |loss diff| " << max_diff << "\n";
+  CHECK(packed == 12);
+  CHECK(packs_of == std::map<size_t, size_t>{{2, 4}, {4, 8}});  // per seed: r2 x 3 LRs + r4 at 3e-3, then r4's other two
+  CHECK(max_diff < 1e-5);
+  cleanup(alone_dir);
+  cleanup(packed_dir);
+}
+
+TEST_CASE("sweep: --pack with --jobs 2 trains every point once, and --pack refuses --dora", "[sweep][pack]") {
+  const auto dir = temp_dir("pack-jobs");
+  const auto o = toy_options(dir, {"--lrs", "3e-3", "3e-2", "--ranks", "2", "4", "--pack", "2", "--jobs", "2"});
+  std::ostringstream sink;
+  ToyTask task(o);
+  const auto out = sweep::run_sweep(o, task, quiet(sink));
+  INFO(sink.str());
+  CHECK(out.ran == 4);
+  CHECK(out.complete);
+  CHECK(files_in(dir / "points").size() == 4);
+  for (const auto& f : files_in(dir / "points")) CHECK(load(f).at("environment").at("packed_with").size() == 1);
+  CHECK(contains(error_of<examples::UsageError>([&] { toy_options(dir, {"--pack", "2", "--dora"}); }), "--dora"));
   cleanup(dir);
 }

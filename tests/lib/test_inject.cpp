@@ -524,6 +524,10 @@ TEST_CASE("tied parameters are counted and optimised once", "[inject][tied]") {
   sub->register_parameter("weight", emb->weight);
   REQUIRE(net->parameters().size() == 2);
   REQUIRE(lora::unique_parameters(*net).size() == 1);
+  const auto named = lora::unique_named_parameters(*net);
+  REQUIRE(named.size() == 1);
+  CHECK(named.front().first == "emb.weight");  // the first name
+  CHECK(named.front().second.is_same(emb->weight));
   net->register_module("lin", lora::Linear(6, 6));
   lora::Config cfg;
   cfg.rank = 2;

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <string>
@@ -87,6 +88,20 @@ struct Served {
 };
 
 const std::vector<std::string> kRows = {"a", lora::kBaseOnly, "b", "c", "a", "b"};
+/// The same adapters with each one's rows together: the layers take one branch per group on
+/// slices of the batch instead of the gathered computation (detail/adapter_host.hpp add_routed).
+const std::vector<std::string> kGrouped = {"a", "a", lora::kBaseOnly, "b", "b", "c"};
+/// Groups of one size: Linear and Embedding layers compute each group as one row of the
+/// gathered computation (the conv layer, one branch per group).
+const std::vector<std::string> kEqual = {"c", "c", "a", "a", lora::kBaseOnly, lora::kBaseOnly};
+
+/// The rows of `rows` that use adapter `name`.
+torch::Tensor rows_of(const std::vector<std::string>& rows, const std::string& name) {
+  std::vector<int64_t> out;
+  for (size_t b = 0; b < rows.size(); ++b)
+    if (rows[b] == name) out.push_back(static_cast<int64_t>(b));
+  return torch::tensor(out, torch::kLong);
+}
 
 }  // namespace
 
@@ -102,6 +117,18 @@ TEST_CASE("routing: each row through its own adapter in one pass equals each row
   for (size_t b = 0; b < kRows.size(); ++b)
     CHECK(lora_test::allclose(routed.narrow(0, b, 1), s.alone(b, kRows[b]), 1e-12, 1e-12,
                               "row " + std::to_string(b) + " ('" + kRows[b] + "') routed vs alone"));
+  for (const auto& rows : {kGrouped, kEqual}) {
+    torch::Tensor grouped;
+    {
+      torch::NoGradGuard g;
+      lora::RowRouting route(*s.net, rows);
+      grouped = s.net->forward(s.ids);
+    }
+    for (size_t b = 0; b < rows.size(); ++b)
+      CHECK(lora_test::allclose(grouped.narrow(0, b, 1), s.alone(b, rows[b]), 1e-12, 1e-12,
+                                "row " + std::to_string(b) + " ('" + rows[b] + "') routed in groups" +
+                                    (rows == kEqual ? " of one size" : "") + " vs alone"));
+  }
   // The base row is exactly the base model's output for the same batch (the zero slot adds
   // exact zeros), and the rows really differ (the test can fail).
   torch::NoGradGuard g;
@@ -125,6 +152,36 @@ TEST_CASE("routing: each row through its own adapter in one pass equals each row
   CHECK((all[1] - routed[1]).abs().max().item<double>() > 1e-3);
 }
 
+TEST_CASE("routing: the stacked adapters a layer keeps between passes follow every change", "[serving][routing]") {
+  // Without gradients a layer reuses its stack of the routed adapters; an in-place write (a
+  // training step, a hot swap), a scale change, or an adapter removed and added again under
+  // the same name must each show in the next routed pass, as in a layer that restacks.
+  Served s;
+  torch::NoGradGuard g;
+  const auto routed = [&] {
+    lora::RowRouting route(*s.net, kRows);
+    return s.net->forward(s.ids);
+  };
+  const auto check_rows = [&](const std::string& what) {
+    const auto y = routed();
+    double worst = 0;
+    for (size_t b = 0; b < kRows.size(); ++b)
+      worst = std::max(worst, (y.narrow(0, b, 1) - s.alone(b, kRows[b])).abs().max().item<double>());
+    INFO(what << ": max |routed - alone| " << worst);
+    CHECK(worst < 1e-12);
+    return y;
+  };
+  const auto first = check_rows("first pass");
+  CHECK(torch::equal(routed(), first));  // the kept stack gives the same bits
+  s.net->proj->adapter("a").B.add_(0.5);  // in place, as an optimizer step or a hot swap
+  CHECK((check_rows("after an in-place write to a's B")[0] - first[0]).abs().max().item<double>() > 1e-3);
+  s.handles[2].set_scale(0.25);  // "c"
+  check_rows("after c's scale changed");
+  s.handles[1].remove();  // "b", then a new "b" of another rank and init
+  s.handles[1] = add(s.net, "b", 3, {"proj", "head"}, 6);
+  check_rows("after b was removed and added again");
+}
+
 TEST_CASE("routing: gradients of a routed batch reach each row's adapter as if its rows ran alone", "[serving][routing]") {
   Served s;
   s.net->train();
@@ -133,20 +190,25 @@ TEST_CASE("routing: gradients of a routed batch reach each row's adapter as if i
     for (auto& p : h.parameters()) p.set_requires_grad(true);
   const auto& a = s.net->proj->adapter("a");
   const auto& c = s.net->proj->adapter("c");
-  {
-    lora::RowRouting route(*s.net, kRows);
-    s.net->forward(s.ids).pow(2).sum().backward();
+  for (const auto& rows : {kRows, kGrouped, kEqual}) {  // per row, per group, per group of one size
+    const std::string order = rows == kRows ? "interleaved rows" : rows == kGrouped ? "grouped rows" : "equal groups";
+    for (auto& p : s.net->parameters()) p.mutable_grad() = torch::Tensor();
+    {
+      lora::RowRouting route(*s.net, rows);
+      s.net->forward(s.ids).pow(2).sum().backward();
+    }
+    const auto gA = a.A.grad().clone(), gC = c.B.grad().clone();
+    for (auto& p : s.net->parameters()) p.mutable_grad() = torch::Tensor();
+    // The rows of "a" with "a" only, those of "c" with "c" only.
+    s.only("a");
+    s.net->forward(s.ids.index_select(0, rows_of(rows, "a"))).pow(2).sum().backward();
+    s.only("c");
+    s.net->forward(s.ids.index_select(0, rows_of(rows, "c"))).pow(2).sum().backward();
+    s.only_all();
+    CHECK(lora_test::allclose(gA, a.A.grad(), 1e-10, 1e-12, "dA of 'a': routed vs its rows alone, " + order));
+    CHECK(lora_test::allclose(gC, c.B.grad(), 1e-10, 1e-12, "dB of 'c': routed vs its rows alone, " + order));
+    CHECK(gA.abs().max().item<double>() > 0);
   }
-  const auto gA = a.A.grad().clone(), gC = c.B.grad().clone();
-  for (auto& p : s.net->parameters()) p.mutable_grad() = torch::Tensor();
-  // Rows 0 and 4 with "a" only, row 3 with "c" only.
-  s.only("a");
-  s.net->forward(s.ids.index_select(0, torch::tensor({0, 4}))).pow(2).sum().backward();
-  s.only("c");
-  s.net->forward(s.ids.narrow(0, 3, 1)).pow(2).sum().backward();
-  CHECK(lora_test::allclose(gA, a.A.grad(), 1e-10, 1e-12, "dA of 'a': routed vs its rows alone"));
-  CHECK(lora_test::allclose(gC, c.B.grad(), 1e-10, 1e-12, "dB of 'c': routed vs its rows alone"));
-  CHECK(gA.abs().max().item<double>() > 0);
 }
 
 TEST_CASE("routing: every refusal says why and computes nothing", "[serving][routing]") {

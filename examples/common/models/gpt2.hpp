@@ -194,6 +194,17 @@ inline std::pair<torch::Tensor, torch::Tensor> causal_lm_nll_sum(const torch::Te
   return {sum, (y != -100).sum()};
 }
 
+/// As causal_lm_nll_sum, per row of the batch: the summed NLL (B) and the targets counted (B),
+/// in float32, differentiable. A row's mean is its sum / its count.
+inline std::pair<torch::Tensor, torch::Tensor> causal_lm_row_nll(const torch::Tensor& logits,
+                                                                 const torch::Tensor& labels) {
+  auto [x, y] = detail::shift_for_next_token(logits, labels);
+  namespace F = torch::nn::functional;
+  const auto B = logits.size(0);
+  auto nll = F::cross_entropy(x.to(torch::kFloat), y, F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kNone));
+  return {nll.view({B, -1}).sum(/*dim=*/1), (y != -100).view({B, -1}).sum(/*dim=*/1)};  // (B), (B)
+}
+
 /// A running sum of NLL over predicted tokens, on the host; add batches with +=.
 struct TokenNll {
   double nll = 0;      ///< nats

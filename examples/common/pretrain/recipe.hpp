@@ -4,8 +4,8 @@
 //     padding row of DistilBERT's word embeddings 0, GPT-2's c_proj weights (attention and
 //     MLP) normal(0, initializer_range / sqrt(2 n_layer)); drawn in parameter order from a
 //     CPU generator seeded with the run's seed (so not HF's numbers: another random stream);
-//   - unique_parameters: each parameter once (a tied weight, such as the output projection
-//     that IS the word embedding matrix, is listed under its first name only);
+//   - each parameter once (lora::unique_named_parameters: a tied weight, such as the output
+//     projection that IS the word embedding matrix, is listed under its first name only);
 //   - AdamW: torch.optim.AdamW's update (amsgrad off), with weight decay on the tensors of >= 2
 //     dimensions only (none on biases and LayerNorm), whose state (step, exp_avg, exp_avg_sq
 //     per parameter) can be saved and restored by name (pretrain/state.hpp);
@@ -16,6 +16,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+
+#include <lora/model.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -28,15 +30,6 @@
 #include "errors.hpp"
 
 namespace pretrain {
-
-/// Each parameter of `model` once, in model order, under its first name.
-inline std::vector<std::pair<std::string, torch::Tensor>> unique_parameters(const torch::nn::Module& model) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  std::set<const void*> seen;
-  for (const auto& p : model.named_parameters(/*recurse=*/true))
-    if (seen.insert(p.value().unsafeGetTensorImpl()).second) out.emplace_back(p.key(), p.value());
-  return out;
-}
 
 /// HF-style initialisation of every parameter of `model` (see the top of this file). `std_of`
 /// gives the std of a weight (>= 2 dimensions) from its name; `padding` lists (embedding name,
@@ -51,7 +44,7 @@ inline void init_weights(torch::nn::Module& model, uint64_t seed, const std::fun
       if (ln->bias.defined()) norm_biases.insert(ln->bias.unsafeGetTensorImpl());
     }
   auto gen = at::detail::createCPUGenerator(seed);
-  for (auto& [name, p] : unique_parameters(model)) {
+  for (auto& [name, p] : lora::unique_named_parameters(model)) {
     const void* impl = p.unsafeGetTensorImpl();
     if (norm_weights.count(impl)) {
       p.fill_(1.0);

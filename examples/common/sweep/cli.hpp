@@ -104,6 +104,7 @@ struct Options {
   std::string device;
   int64_t threads = 0;                                ///< per point; 0: LibTorch's default (with --jobs N: cores / N)
   int64_t jobs = 0;                                   ///< points trained at once, each in its own process
+  int64_t pack = 0;                                   ///< LoRA points of one seed trained in one pass (run.hpp)
   // What to do.
   Shard shard;
   bool sharded = false;                               ///< --shard was given
@@ -160,7 +161,8 @@ inline FlagValues builtin_defaults(const ProgramSpec& spec) {
           {"--out", {"runs/" + spec.name}},
           {"--device", {"cpu"}},
           {"--threads", {"0"}},
-          {"--jobs", {"1"}}};
+          {"--jobs", {"1"}},
+          {"--pack", {"1"}}};
 }
 
 namespace detail {
@@ -211,7 +213,7 @@ inline std::string one_of(const std::string& flag, const std::string& text, cons
 struct RawFlags {
   std::vector<std::string> lrs, ranks, full_lrs, seeds, targets, alphas, alpha_lrs;
   std::string rank, epochs, alpha, alpha_per_rank, scaling, init, init_std, batch_size, seed, train_size, val_size,
-      max_len, model_dir, data_dir, out, device, threads, jobs, shard, preset, loraplus_ratio, full_train;
+      max_len, model_dir, data_dir, out, device, threads, jobs, pack, shard, preset, loraplus_ratio, full_train;
   bool full_finetune = false, merge = false, dry_run = false, dora = false;
 };
 
@@ -302,6 +304,11 @@ inline std::unique_ptr<CLI::App> make_app(const ProgramSpec& spec, RawFlags& raw
                "train N points at once, each in its own process (same results as one at a time with the same "
                "--threads)")
       ->type_name("N")
+      ->group("Machine");
+  a.add_option("--pack", raw.pack,
+               "train up to K LoRA points of one seed in one forward/backward pass, each row of the batch "
+               "routed to its point's adapter (FullFT points run alone; each file records its pack)")
+      ->type_name("K")
       ->group("Machine");
   // What to do.
   auto* shard = a.add_option("--shard", raw.shard, "run slice I of N of the grid (0 <= I < N)")->type_name("I/N")->group("Sweep");
@@ -446,6 +453,10 @@ inline void convert(const RawFlags& raw, const ProgramSpec& spec, Options& o) {
   o.device = raw.device;
   o.threads = integer("--threads", raw.threads, 0);
   o.jobs = integer("--jobs", raw.jobs, 1);
+  o.pack = integer("--pack", raw.pack, 1);
+  if (o.pack > 1 && o.dora)
+    throw examples::UsageError("--pack " + raw.pack + " with --dora: a DoRA adapter rescales the whole base output, "
+                               "so the rows of one batch cannot each use their own. Drop --pack (or --dora).");
 
   o.sharded = !raw.shard.empty();
   if (o.sharded) o.shard = parse_shard(raw.shard);

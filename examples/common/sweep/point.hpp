@@ -20,7 +20,8 @@
 //   },
 //   "environment": {        // where and when it ran
 //     "hostname", "device", "threads", "lora_version", "libtorch_version", "model_dir",
-//     "data_dir", "command_line", "finished_at"
+//     "data_dir", "command_line", "finished_at",
+//     "packed_with": [keys]  // --pack only: the points trained in the same pass (run.hpp)
 //   },
 //   "results": {"best_val_loss", "<metric key>", "train_losses", "val_losses",
 //               "train_curve": {"every", "step": [...], "loss": [...]},  // mean loss every few steps

@@ -143,16 +143,42 @@ inline void restrict_full_training(torch::nn::Module& model, const std::string& 
   for (const auto& m : model.modules(/*include_self=*/false)) restrict(*m);
 }
 
+/// The "results" of a point file (point.hpp) for training result `r`.
+inline nlohmann::json results_json(Task& task, const PointRun& run, const TrainResult& r, int64_t trainable,
+                                   double wall) {
+  const auto metric = task.metric();
+  const auto rule = task.collapse_rule();
+  return {{"best_val_loss", r.best_val_loss ? nlohmann::json(*r.best_val_loss) : nlohmann::json()},
+          {metric.key, r.test_metric ? nlohmann::json(*r.test_metric) : nlohmann::json()},
+          {"train_losses", r.train_losses},
+          {"val_losses", r.val_losses},
+          {"train_curve", {{"every", run.train.log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
+          {"diverged", r.diverged},
+          {"diverged_reason", r.diverged ? nlohmann::json(r.diverged_reason) : nlohmann::json()},
+          {"collapsed", rule.collapsed(r.test_metric, r.diverged)},
+          {"collapse_rule", rule.description},
+          {"collapse_bound", std::isnan(rule.bound) ? nlohmann::json() : nlohmann::json(rule.bound)},
+          {"steps", r.steps},
+          {"trainable_parameters", trainable},
+          {"wall_time_s", wall}};
+}
+
+/// The task's fresh model for the seed of `p`, on `device`.
+inline Model fresh_model(Task& task, const Point& p, uint64_t seed, torch::Device device) {
+  torch::manual_seed(seed);
+  Model model = task.make_model(p);
+  if (!model.module) throw examples::Error("Task::make_model returned no module for point " + key(p) + ".");
+  model.module->to(device);
+  return model;
+}
+
 /// Trains point `p` with what point_run() gives (point.hpp), writes its file, which records
 /// exactly that, and returns its record.
 inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::Device device, Reporter& progress,
                            int64_t log_every) {
   const auto start = std::chrono::steady_clock::now();
   const PointRun run = point_run(o, p, log_every);
-  torch::manual_seed(run.seed);
-  Model model = task.make_model(p);
-  if (!model.module) throw examples::Error("Task::make_model returned no module for point " + key(p) + ".");
-  model.module->to(device);
+  Model model = fresh_model(task, p, run.seed, device);
   lora::ModelAdapter adapters;
   int64_t trainable = 0;
   if (run.lora) {
@@ -167,25 +193,54 @@ inline RunRecord run_point(const Options& o, Task& task, const Point& p, torch::
   const auto r = train(model, run.lora ? &adapters : nullptr, [&](int64_t e) { return task.train_batches(e, p); },
                        run.train, device, cb);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
-  const auto metric = task.metric();
-  const auto rule = task.collapse_rule();
-  nlohmann::json results = {{"best_val_loss", r.best_val_loss ? nlohmann::json(*r.best_val_loss) : nlohmann::json()},
-                            {metric.key, r.test_metric ? nlohmann::json(*r.test_metric) : nlohmann::json()},
-                            {"train_losses", r.train_losses},
-                            {"val_losses", r.val_losses},
-                            {"train_curve", {{"every", run.train.log_every}, {"step", r.curve_steps}, {"loss", r.curve_losses}}},
-                            {"diverged", r.diverged},
-                            {"diverged_reason", r.diverged ? nlohmann::json(r.diverged_reason) : nlohmann::json()},
-                            {"collapsed", rule.collapsed(r.test_metric, r.diverged)},
-                            {"collapse_rule", rule.description},
-                            {"collapse_bound", std::isnan(rule.bound) ? nlohmann::json() : nlohmann::json(rule.bound)},
-                            {"steps", r.steps},
-                            {"trainable_parameters", trainable},
-                            {"wall_time_s", wall}};
-  const auto doc = point_document(o, task, p, run, results);
+  const auto doc = point_document(o, task, p, run, results_json(task, run, r, trainable, wall));
   write_atomic(point_path(o, p), doc.dump(2) + "\n");
-  return record_from_json(doc, metric.key);
+  return record_from_json(doc, task.metric().key);
+}
+
+/// Whether LoRA points `a` and `b` can train in one pass (--pack): the same seed, hence the same
+/// base model (a task may draw a new head from it) and the same data order.
+inline bool packable(const Point& a, const Point& b) { return !a.is_full() && !b.is_full() && a.seed == b.seed; }
+
+/// Trains LoRA points `pack` (packable, each with what point_run() gives) in one pass on one
+/// base model (train_packed): point k's adapter is named after its key and starts as the
+/// adapter of its run alone (Config::seed_name "default"). Writes each point's file, whose
+/// environment names the points it was packed with, and returns their records in order.
+inline std::vector<RunRecord> run_pack(const Options& o, Task& task, const std::vector<Point>& pack,
+                                       torch::Device device, Reporter& progress, int64_t log_every) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<PointRun> runs;
+  for (const auto& p : pack) runs.push_back(point_run(o, p, log_every));
+  Model model = fresh_model(task, pack.front(), runs.front().seed, device);
+  std::vector<lora::ModelAdapter> adapters;
+  for (size_t k = 0; k < pack.size(); ++k) {
+    auto c = *runs[k].lora;
+    c.seed_name = c.adapter_name;
+    c.adapter_name = key(pack[k]);
+    adapters.push_back(lora::inject(*model.module, c));
+  }
+  // Each inject() froze everything but its own adapter, the earlier adapters too.
+  for (const auto& a : adapters)
+    for (auto& t : a.parameters()) t.set_requires_grad(true);
+  std::vector<PackedRun> packed;
+  for (size_t k = 0; k < pack.size(); ++k)
+    packed.push_back({&adapters[k], runs[k].train, [&, k](int64_t e) { return task.train_batches(e, pack[k]); }});
+  TrainCallbacks cb;
+  const auto K = static_cast<int64_t>(pack.size());
+  cb.on_log = [&](int64_t step, int64_t total, double loss) { progress.update(K * step, K * total, loss); };
+  const auto results = train_packed(model, packed, device, cb);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::vector<RunRecord> records;
+  for (size_t k = 0; k < pack.size(); ++k) {
+    auto doc = point_document(o, task, pack[k], runs[k],
+                              results_json(task, runs[k], results[k], adapters[k].trainable_parameter_count(), wall));
+    auto& with = doc.at("environment")["packed_with"] = nlohmann::json::array();
+    for (const auto& q : pack)
+      if (key(q) != key(pack[k])) with.push_back(key(q));
+    write_atomic(point_path(o, pack[k]), doc.dump(2) + "\n");
+    records.push_back(record_from_json(doc, task.metric().key));
+  }
+  return records;
 }
 
 /// The line printed when a point finishes.
@@ -245,7 +300,9 @@ struct PointsRun {
 };
 
 /// The loop of one process: prepares the task, then trains each point of `todo` that no other
-/// process has claimed and none has finished, writing each point's file as it ends.
+/// process has claimed and none has finished, writing each point's file as it ends. With
+/// --pack K, a LoRA point takes up to K - 1 more unclaimed LoRA points of its seed from the
+/// rest of `todo` and trains with them in one pass (run_pack).
 inline PointsRun run_points(const Options& o, Task& task, const std::vector<Point>& todo, torch::Device device,
                             Reporter& reporter, const EngineHooks& hooks, bool check_blas) {
   PointsRun r;
@@ -253,20 +310,45 @@ inline PointsRun run_points(const Options& o, Task& task, const std::vector<Poin
     if (const auto blas = perf::blas_check(); blas.slow()) reporter.note(blas.warning);
   task.prepare();
   const int64_t steps = o.epochs * task.steps_per_epoch();
-  for (size_t i = 0; i < todo.size() && !r.stopped; ++i) {
-    const auto& p = todo[i];
-    const auto claim = PointClaim::try_claim(lock_path(o, p));
-    if (!claim) continue;                        // another process is training it
-    if (load_done(o, task, p)) continue;  // another process finished it meanwhile
+  std::vector<bool> taken(todo.size(), false);  // trained here in an earlier pack
+  // Claims point i for this process: nothing when another process holds it or finished it.
+  const auto claim = [&](size_t i) -> std::optional<PointClaim> {
+    auto c = PointClaim::try_claim(lock_path(o, todo[i]));
+    if (!c || load_done(o, task, todo[i])) return std::nullopt;  // another process trains or finished it
     // Ours now: a "<key>.json.tmp.<pid>" beside it was left by a process killed while writing.
-    if (remove_stale_tmp(points_dir(o), {key(p) + ".json"}) > 0)
-      reporter.note("removed an unfinished temporary file of " + key(p) + " left by an interrupted run");
-    reporter.begin_point(i, key(p), steps);
-    const auto rec = run_point(o, task, p, device, reporter, hooks.log_every);
-    ++r.ran;
-    r.diverged += rec.diverged;
-    reporter.end_point(point_line(rec, task.metric()), rec.diverged);
-    r.stopped = hooks.after_point && !hooks.after_point(rec);
+    if (remove_stale_tmp(points_dir(o), {key(todo[i]) + ".json"}) > 0)
+      reporter.note("removed an unfinished temporary file of " + key(todo[i]) + " left by an interrupted run");
+    return c;
+  };
+  for (size_t i = 0; i < todo.size() && !r.stopped; ++i) {
+    if (taken[i]) continue;
+    std::vector<PointClaim> claims;
+    if (auto c = claim(i)) claims.push_back(std::move(*c));
+    else continue;
+    std::vector<Point> pack = {todo[i]};
+    for (size_t j = i + 1; j < todo.size() && static_cast<int64_t>(pack.size()) < o.pack; ++j) {
+      if (taken[j] || !packable(todo[i], todo[j])) continue;
+      if (auto c = claim(j)) {
+        claims.push_back(std::move(*c));
+        pack.push_back(todo[j]);
+        taken[j] = true;
+      }
+    }
+    std::string label = key(pack.front());
+    if (pack.size() > 1) label += " +" + std::to_string(pack.size() - 1) + " packed";
+    reporter.begin_point(i, label, steps * static_cast<int64_t>(pack.size()));
+    const auto records = pack.size() == 1
+                             ? std::vector<RunRecord>{run_point(o, task, pack.front(), device, reporter, hooks.log_every)}
+                             : run_pack(o, task, pack, device, reporter, hooks.log_every);
+    for (size_t k = 0; k < records.size(); ++k) {
+      const auto& rec = records[k];
+      // The pack's steps count as done with its first point; the others end with none.
+      if (k > 0) reporter.begin_point(i, rec.key, 0);
+      ++r.ran;
+      r.diverged += rec.diverged;
+      reporter.end_point(point_line(rec, task.metric()), rec.diverged);
+      r.stopped = r.stopped || (hooks.after_point && !hooks.after_point(rec));
+    }
   }
   return r;
 }

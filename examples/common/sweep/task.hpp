@@ -18,6 +18,7 @@
 #include <lora/error.hpp>
 #include <lora/loraplus.hpp>
 #include <lora/model.hpp>
+#include <lora/routing.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -50,6 +51,10 @@ struct Model {
   std::function<double()> val_loss;
   /// The test metric (accuracy, perplexity, ...) of the final model; called once, like val_loss.
   std::function<double()> test_metric;
+  /// Per row of a training batch: the summed loss (B) and what it counts (B), so that the mean
+  /// loss of any set of rows is Σ sum / Σ count over them (e.g. a row's summed token NLL and its
+  /// token count). Only --pack uses it (train_packed): each point's loss is the mean over its own rows.
+  std::function<std::pair<torch::Tensor, torch::Tensor>(const Batch&)> row_losses;
 };
 
 /// AdamW's settings besides the learning rate. The study keeps them fixed (no flag sets them):
@@ -162,6 +167,195 @@ inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const
 
 }  // namespace detail
 
+/// One run of a packed training pass (train_packed): its adapter on the shared model, its
+/// settings (own LR, LoRA+ ratio) and its own batches.
+struct PackedRun {
+  const lora::ModelAdapter* adapters = nullptr;
+  TrainSettings settings;
+  std::function<std::vector<Batch>(int64_t)> epoch_batches;
+};
+
+namespace detail {
+
+/// `batches` as one: each named tensor concatenated along the rows (dim 0). The batches must
+/// have the same names and the same shapes beyond the rows.
+inline Batch concat_batches(const std::vector<const Batch*>& batches) {
+  Batch out;
+  for (const auto& [name, first] : *batches.front()) {
+    std::vector<torch::Tensor> parts;
+    for (const auto* b : batches) {
+      const auto it = b->find(name);
+      if (it == b->end() || it->second.sizes().slice(1) != first.sizes().slice(1))
+        throw examples::Error("--pack: the packed runs' batches differ in '" + name + "' (" +
+                              (it == b->end() ? std::string("absent") : c10::str(it->second.sizes())) + " against " +
+                              c10::str(first.sizes()) + "); packed runs need batches of one shape per step.");
+      parts.push_back(it->second);
+    }
+    out.emplace(name, torch::cat(parts, /*dim=*/0));
+  }
+  return out;
+}
+
+/// The loop behind train() and train_packed(). One run: its loss is model.loss of its batch,
+/// exactly as a run of its own. Several (packed): one forward/backward per step over the
+/// concatenation of every live run's batch, row b routed to its run's adapter
+/// (lora::RowRouting); each run's loss is the mean over its rows (model.row_losses), and the
+/// step backpropagates their sum, so each adapter gets the gradient of its own loss (the
+/// base is frozen and rows do not mix). Each run has its optimizer, loss window and result;
+/// a run whose loss is not finite stops there and the others go on.
+inline std::vector<TrainResult> train_runs(const Model& model, const std::vector<PackedRun>& runs, torch::Device device,
+                                           const TrainCallbacks& cb) {
+  if (!model.module || !model.loss || !model.val_loss || !model.test_metric)
+    throw examples::Error("train: the task's Model lacks a module, loss, val_loss or test_metric; set all four.");
+  const bool packed = runs.size() > 1;
+  if (packed && !model.row_losses)
+    throw examples::Error("--pack: the task's Model has no row_losses, which packed training needs; run without --pack.");
+  const auto& first = runs.front().settings;
+  for (const auto& run : runs)
+    if (packed && (!run.adapters || run.settings.epochs != first.epochs || run.settings.log_every != first.log_every))
+      throw examples::Error("--pack: packed runs must be LoRA runs with the same epochs and log interval.");
+  struct Live {
+    std::unique_ptr<torch::optim::AdamW> opt;
+    std::vector<Batch> batches;
+    torch::Tensor epoch_sum, window;  // () sums of this epoch's losses and of those since the last read
+    TrainResult r;
+  };
+  std::vector<Live> live(runs.size());
+  for (size_t k = 0; k < runs.size(); ++k) live[k].opt = make_optimizer(model, runs[k].adapters, runs[k].settings);
+  const auto going = [&](size_t k) { return !live[k].r.diverged; };
+  const auto any_going = [&] {
+    for (size_t k = 0; k < runs.size(); ++k)
+      if (going(k)) return true;
+    return false;
+  };
+  // The mean loss of each live run on step i (undefined tensors for stopped runs).
+  const auto step_losses = [&](size_t i) {
+    std::vector<torch::Tensor> losses(runs.size());
+    if (!packed) {
+      losses[0] = model.loss(to_device(live[0].batches[i], device));  // ()
+      if (losses[0].dim() != 0)
+        throw examples::Error("train: the task's loss must be a 0-d tensor (the batch mean), got shape " +
+                              c10::str(losses[0].sizes()) + ".");
+      return losses;
+    }
+    std::vector<const Batch*> parts;
+    std::vector<std::string> rows;  // each row's adapter
+    std::vector<std::pair<size_t, int64_t>> span;  // (run, rows)
+    for (size_t k = 0; k < runs.size(); ++k) {
+      if (!going(k)) continue;
+      const auto* b = &live[k].batches[i];
+      const int64_t n = b->begin()->second.size(0);
+      parts.push_back(b);
+      rows.insert(rows.end(), static_cast<size_t>(n), runs[k].adapters->name());
+      span.emplace_back(k, n);
+    }
+    lora::RowRouting route(*model.module, rows);
+    const auto [sum, count] = model.row_losses(to_device(concat_batches(parts), device));  // (N), (N)
+    int64_t at = 0;
+    for (const auto& [k, n] : span) {
+      losses[k] = sum.narrow(/*dim=*/0, at, n).sum() / count.narrow(/*dim=*/0, at, n).sum();  // ()
+      at += n;
+    }
+    return losses;
+  };
+  auto& module = *model.module;
+  const auto scalar = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  const auto evaluate_run = [&](size_t k, const std::function<double()>& fn) {
+    if (packed) runs[k].adapters->activate();  // the model as run k alone would have it
+    return evaluate(module, fn);
+  };
+  int64_t steps_done = 0;  // steps of the pass (of every run still going)
+  for (int64_t epoch = 0; epoch < first.epochs && any_going(); ++epoch) {
+    module.train();
+    size_t per_epoch_size = 0;
+    for (size_t k = 0; k < runs.size(); ++k) {
+      if (!going(k)) continue;
+      live[k].batches = runs[k].epoch_batches(epoch);
+      if (live[k].batches.empty())
+        throw examples::Error("train: the task gave no training batch for epoch " + std::to_string(epoch + 1) +
+                              "; check --train-size, --batch-size and the data.");
+      if (per_epoch_size && live[k].batches.size() != per_epoch_size)
+        throw examples::Error("--pack: packed runs have different numbers of batches per epoch.");
+      per_epoch_size = live[k].batches.size();
+      live[k].epoch_sum = torch::zeros({}, scalar);
+      live[k].window = torch::zeros({}, scalar);
+    }
+    const auto per_epoch = static_cast<int64_t>(per_epoch_size);
+    int64_t in_window = 0;
+    for (int64_t i = 0; i < per_epoch && any_going(); ++i) {
+      for (size_t k = 0; k < runs.size(); ++k)
+        if (going(k)) live[k].opt->zero_grad();
+      const auto losses = step_losses(static_cast<size_t>(i));
+      torch::Tensor total;
+      for (const auto& l : losses)
+        if (l.defined()) total = total.defined() ? total + l : l;
+      total.backward();
+      for (size_t k = 0; k < runs.size(); ++k) {
+        if (!going(k)) continue;
+        if (runs[k].adapters) runs[k].adapters->step(*live[k].opt);
+        else live[k].opt->step();
+        const auto value = losses[k].detach().to(torch::kFloat);
+        live[k].epoch_sum += value;
+        live[k].window += value;
+        ++live[k].r.steps;
+      }
+      ++steps_done;
+      if (++in_window < first.log_every && i + 1 < per_epoch) continue;
+      std::optional<double> shown;
+      for (size_t k = 0; k < runs.size(); ++k) {
+        if (!going(k)) continue;
+        auto& r = live[k].r;
+        const double mean = live[k].window.item<double>() / static_cast<double>(in_window);  // the one host read
+        if (!std::isfinite(mean)) {
+          r.diverged = true;
+          r.diverged_reason = "training loss " + std::to_string(mean) + " over steps " +
+                              std::to_string(i + 2 - in_window) + "-" + std::to_string(i + 1) + " of epoch " +
+                              std::to_string(epoch + 1);
+          continue;
+        }
+        live[k].window.zero_();
+        r.curve_steps.push_back(r.steps);
+        r.curve_losses.push_back(mean);
+        if (!shown) shown = mean;
+      }
+      in_window = 0;
+      if (cb.on_log && shown) cb.on_log(steps_done, steps_done - (i + 1) + (first.epochs - epoch) * per_epoch, *shown);
+    }
+    for (size_t k = 0; k < runs.size(); ++k) {
+      if (!going(k)) continue;
+      auto& r = live[k].r;
+      const double train_loss = live[k].epoch_sum.item<double>() / static_cast<double>(per_epoch);
+      const double val_loss = evaluate_run(k, model.val_loss);
+      if (!std::isfinite(val_loss)) {
+        r.diverged = true;
+        r.diverged_reason = "validation loss " + std::to_string(val_loss) + " after epoch " + std::to_string(epoch + 1);
+        continue;
+      }
+      r.train_losses.push_back(train_loss);
+      r.val_losses.push_back(val_loss);
+      r.best_val_loss = std::min(r.best_val_loss.value_or(val_loss), val_loss);
+      if (cb.on_epoch && k == 0) cb.on_epoch(epoch + 1, train_loss, val_loss);
+    }
+  }
+  std::vector<TrainResult> out;
+  for (size_t k = 0; k < runs.size(); ++k) {
+    auto& r = live[k].r;
+    if (!r.diverged) {
+      const double metric = evaluate_run(k, model.test_metric);
+      if (std::isfinite(metric)) {
+        r.test_metric = metric;
+      } else {
+        r.diverged = true;
+        r.diverged_reason = "test metric " + std::to_string(metric) + " after the last epoch";
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace detail
+
 /// Trains `model` for s.epochs epochs over the batches `epoch_batches(epoch)` gives (epoch from
 /// 0), evaluating after each epoch and the test metric after the last. With `adapters` (LoRA)
 /// each step is adapters->step(opt), which keeps torch::nn::Linear layers in sync; without
@@ -169,73 +363,19 @@ inline std::unique_ptr<torch::optim::AdamW> make_optimizer(const Model& m, const
 inline TrainResult train(const Model& model, const lora::ModelAdapter* adapters,
                          const std::function<std::vector<Batch>(int64_t)>& epoch_batches, const TrainSettings& s,
                          torch::Device device, const TrainCallbacks& cb = {}) {
-  if (!model.module || !model.loss || !model.val_loss || !model.test_metric)
-    throw examples::Error("train: the task's Model lacks a module, loss, val_loss or test_metric; set all four.");
-  TrainResult r;
-  auto opt = detail::make_optimizer(model, adapters, s);
-  auto& module = *model.module;
-  const auto scalar = torch::TensorOptions().dtype(torch::kFloat).device(device);
-  for (int64_t epoch = 0; epoch < s.epochs && !r.diverged; ++epoch) {
-    module.train();
-    const auto batches = epoch_batches(epoch);
-    if (batches.empty())
-      throw examples::Error("train: the task gave no training batch for epoch " + std::to_string(epoch + 1) +
-                            "; check --train-size, --batch-size and the data.");
-    const auto per_epoch = static_cast<int64_t>(batches.size());
-    const int64_t expected_total = r.steps + (s.epochs - epoch) * per_epoch;
-    auto epoch_sum = torch::zeros({}, scalar);  // () sum of this epoch's losses
-    auto window = torch::zeros({}, scalar);     // () sum since the last read
-    int64_t in_window = 0;
-    for (int64_t i = 0; i < per_epoch; ++i) {
-      opt->zero_grad();
-      const auto loss = model.loss(to_device(batches[static_cast<size_t>(i)], device));  // ()
-      if (loss.dim() != 0)
-        throw examples::Error("train: the task's loss must be a 0-d tensor (the batch mean), got shape " +
-                              c10::str(loss.sizes()) + ".");
-      loss.backward();
-      if (adapters) adapters->step(*opt);
-      else opt->step();
-      const auto value = loss.detach().to(torch::kFloat);
-      epoch_sum += value;
-      window += value;
-      ++r.steps;
-      if (++in_window < s.log_every && i + 1 < per_epoch) continue;
-      const double mean = window.item<double>() / static_cast<double>(in_window);  // the one host read
-      if (!std::isfinite(mean)) {
-        r.diverged = true;
-        r.diverged_reason = "training loss " + std::to_string(mean) + " over steps " +
-                            std::to_string(i + 2 - in_window) + "-" + std::to_string(i + 1) + " of epoch " +
-                            std::to_string(epoch + 1);
-        break;
-      }
-      window.zero_();
-      in_window = 0;
-      r.curve_steps.push_back(r.steps);
-      r.curve_losses.push_back(mean);
-      if (cb.on_log) cb.on_log(r.steps, expected_total, mean);
-    }
-    if (r.diverged) break;
-    const double train_loss = epoch_sum.item<double>() / static_cast<double>(per_epoch);
-    const double val_loss = detail::evaluate(module, model.val_loss);
-    if (!std::isfinite(val_loss)) {
-      r.diverged = true;
-      r.diverged_reason = "validation loss " + std::to_string(val_loss) + " after epoch " + std::to_string(epoch + 1);
-      break;
-    }
-    r.train_losses.push_back(train_loss);
-    r.val_losses.push_back(val_loss);
-    r.best_val_loss = std::min(r.best_val_loss.value_or(val_loss), val_loss);
-    if (cb.on_epoch) cb.on_epoch(epoch + 1, train_loss, val_loss);
-  }
-  if (r.diverged) return r;
-  const double metric = detail::evaluate(module, model.test_metric);
-  if (std::isfinite(metric)) {
-    r.test_metric = metric;
-  } else {
-    r.diverged = true;
-    r.diverged_reason = "test metric " + std::to_string(metric) + " after the last epoch";
-  }
-  return r;
+  return detail::train_runs(model, {PackedRun{adapters, s, epoch_batches}}, device, cb).front();
+}
+
+/// Trains several LoRA runs on one model in one pass (--pack): each run is an adapter of the
+/// model (a ModelAdapter of its own name) with its own settings and batches; every step is
+/// one forward/backward over all their rows, each row routed to its run's adapter
+/// (detail::train_runs). Each result is what train() gives the run alone, up to float rounding,
+/// when the model draws no random numbers in training (no dropout): with dropout the masks are
+/// other draws of the same distribution. Returns one result per run, in order.
+inline std::vector<TrainResult> train_packed(const Model& model, const std::vector<PackedRun>& runs,
+                                             torch::Device device, const TrainCallbacks& cb = {}) {
+  if (runs.empty()) throw examples::Error("train_packed: no run given.");
+  return detail::train_runs(model, runs, device, cb);
 }
 
 /// The task's headline number.

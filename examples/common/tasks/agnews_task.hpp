@@ -67,6 +67,12 @@ class AgNewsTask : public sweep::Task {
       return torch::nn::functional::cross_entropy(net->forward(b.at("input_ids"), b.at("attention_mask")).logits,
                                                   b.at("labels"));  // ()
     };
+    m.row_losses = [net](const sweep::Batch& b) {
+      namespace F = torch::nn::functional;
+      const auto logits = net->forward(b.at("input_ids"), b.at("attention_mask")).logits;  // (B, 4)
+      const auto nll = F::cross_entropy(logits, b.at("labels"), F::CrossEntropyFuncOptions().reduction(torch::kNone));
+      return std::make_pair(nll, torch::ones_like(nll));  // (B), (B)
+    };
     m.val_loss = [this, net, device] {
       return sweep::weighted_mean(eval_batches(val_), device, [&](const sweep::Batch& b) {
         namespace F = torch::nn::functional;

@@ -71,6 +71,9 @@ class WikiTextTask : public sweep::Task {
     m.loss = [net](const sweep::Batch& b) {
       return models::causal_lm_loss(net->forward(b.at("input_ids"), b.at("attention_mask")), b.at("labels"));  // ()
     };
+    m.row_losses = [net](const sweep::Batch& b) {
+      return models::causal_lm_row_nll(net->forward(b.at("input_ids"), b.at("attention_mask")), b.at("labels"));
+    };
     auto mean_nll = [this, net, device](const std::vector<std::vector<int64_t>>& blocks) {
       return sweep::weighted_mean(eval_batches(blocks), device, [&](const sweep::Batch& b) {
         return models::causal_lm_nll_sum(net->forward(b.at("input_ids"), b.at("attention_mask")), b.at("labels"));

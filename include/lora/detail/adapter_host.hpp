@@ -8,10 +8,12 @@
 
 #include <torch/nn/module.h>
 #include <torch/types.h>
+#include <torch/utils.h>
 
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -111,41 +113,18 @@ class AdapterHost {
   /// The layer's name in error messages when add_adapter() is given no path.
   virtual std::string host_name() const { return "lora::" + kind()->name(); }
 
-  /// Under this thread's routing `r` (lora/routing.hpp), whether every row of `x` uses the same
-  /// adapter of this layer (or none): then `pending` is set to it (or emptied), and the layer's
-  /// ordinary forward() with it computes the routed output exactly (fused, for lora::Linear).
-  bool routed_uniformly(const Routing& r, const torch::Tensor& x, std::vector<const LayerAdapter*>& pending) const {
-    const auto [in_use, slot] = routed_slots(r, x);
-    if (std::adjacent_find(slot.begin(), slot.end(), std::not_equal_to<int64_t>()) != slot.end()) return false;
-    pending.clear();
-    if (slot.front() < static_cast<int64_t>(in_use.size())) pending.push_back(in_use[static_cast<size_t>(slot.front())]);
-    return true;
-  }
-
-  /// `y` (the base output) plus each row's adapter branch for input `x`, under this thread's
-  /// routing `r` (lora/routing.hpp): the drop-in layers' forward() while a RowRouting lives.
-  torch::Tensor add_routed(const Routing& r, const torch::Tensor& y, const torch::Tensor& x, bool training) const {
-    const auto [in_use, slot] = routed_slots(r, x);
-    if (in_use.empty()) return y;  // no routed adapter here: every row gets the base output
-    const auto idx = torch::tensor(slot, torch::kLong).to(x.device());
-    const auto dt = in_use.front()->A.scalar_type();
-    if (dt == y.scalar_type()) return kind()->add_routed_branch(in_use, idx, y, x, training);
-    // Float32 adapters on a half-precision base: cast at the branch's edges.
-    const auto xa = x.is_floating_point() ? x.to(dt) : x;
-    return kind()->add_routed_branch(in_use, idx, y.to(dt), xa, training).to(y.scalar_type());
-  }
-
-  /// The adapters of this layer that routing `r` uses, and each row's slot among them
-  /// (in_use.size(): none), after the checks every routed forward makes.
-  std::pair<std::vector<const LayerAdapter*>, std::vector<int64_t>> routed_slots(const Routing& r,
-                                                                                 const torch::Tensor& x) const {
+  /// The adapters of this layer that this thread's routing `r` (lora/routing.hpp) uses, and
+  /// each row's slot among them, after the checks every routed forward makes. When the rows
+  /// are uniform() the layer's ordinary forward with rows.uniform_adapters() computes the
+  /// routed output exactly (fused, for lora::Linear); otherwise add_routed() does.
+  RoutedRows routed_rows(const Routing& r, const torch::Tensor& x) const {
     const auto rows = static_cast<int64_t>(r.row_name.size());
     if (x.dim() == 0 || x.size(0) != rows)
       throw ShapeError(str("lora::RowRouting routes ", rows, " rows, but ", host_name(), " got an input of shape ",
                            x.sizes(), ", whose first dimension is not the batch of ", rows,
                            " rows. Give one name per row of the batch; a model that reshapes its batch before this "
                            "layer cannot be routed per row."));
-    std::vector<const LayerAdapter*> in_use;
+    RoutedRows out;
     std::vector<int64_t> slot_of_name(r.names.size(), -1);
     for (size_t n = 0; n < r.names.size(); ++n) {
       if (!bank_.has(r.names[n])) continue;
@@ -154,19 +133,124 @@ class AdapterHost {
         throw ConfigError(str("lora::RowRouting: adapter '", r.names[n], "' on ", host_name(), " is ",
                               a.merged() ? "merged" : a.dora() ? "a DoRA adapter" : "disabled",
                               " (changed after the RowRouting was made); it cannot serve single rows."));
-      slot_of_name[n] = static_cast<int64_t>(in_use.size());
-      in_use.push_back(&a);
+      slot_of_name[n] = static_cast<int64_t>(out.in_use.size());
+      out.in_use.push_back(&a);
     }
-    const auto none = static_cast<int64_t>(in_use.size());
-    std::vector<int64_t> slot;
-    for (const auto n : r.row_name) slot.push_back(n < 0 || slot_of_name[n] < 0 ? none : slot_of_name[n]);
-    return {in_use, slot};
+    const auto none = static_cast<int64_t>(out.in_use.size());
+    for (const auto n : r.row_name) out.slot.push_back(n < 0 || slot_of_name[n] < 0 ? none : slot_of_name[n]);
+    return out;
+  }
+
+  /// `y` (the base output) plus each row's adapter branch for input `x`, as `rows` routes them
+  /// (routed_rows()): the drop-in layers' forward() while a RowRouting lives. Rows in any order
+  /// take the gathered computation (the kind's add_routed_branch over the stacked adapters,
+  /// one small product per row). Rows grouped by adapter (each adapter's rows consecutive, as
+  /// --pack and a server that sorts its batch give) take one product per group instead: as
+  /// the gathered computation over groups of equal size on a token-wise kind (Linear,
+  /// Embedding), otherwise one ordinary branch per group on slices of the batch.
+  torch::Tensor add_routed(const RoutedRows& rows, const torch::Tensor& y, const torch::Tensor& x, bool training) const {
+    if (rows.in_use.empty()) return y;  // no routed adapter here: every row gets the base output
+    // Float32 adapters on a half-precision base: cast at the branch's edges.
+    const auto dt = rows.in_use.front()->A.scalar_type();
+    const bool cast = dt != y.scalar_type();
+    const auto ya = cast ? y.to(dt) : y;
+    const auto xa = cast && x.is_floating_point() ? x.to(dt) : x;
+    torch::Tensor out;
+    const auto runs = row_runs(rows.slot);
+    const bool grouped = runs.size() <= rows.in_use.size() + 1;  // each slot in one run at most
+    const bool equal = std::all_of(runs.begin(), runs.end(), [&](const RowRun& r) { return r.length == runs[0].length; });
+    if (grouped && equal && kind()->token_wise()) {
+      // Each group of L rows as one row of M = runs.size(): (N, ...) -> (M, L, ...).
+      const auto M = static_cast<int64_t>(runs.size());
+      const auto by_group = [&](const torch::Tensor& t) {
+        auto sizes = t.sizes().vec();
+        sizes[0] = runs[0].length;
+        sizes.insert(sizes.begin(), M);
+        return t.reshape(sizes);
+      };
+      std::vector<int64_t> group_slot;
+      for (const auto& run : runs) group_slot.push_back(run.slot);
+      const auto idx = torch::tensor(group_slot, torch::kLong).to(x.device());
+      out = kind()->add_routed_branch(stacked(rows.in_use), idx, by_group(ya), by_group(xa), training).reshape(ya.sizes());
+    } else if (grouped) {
+      const auto none = static_cast<int64_t>(rows.in_use.size());
+      std::vector<int64_t> lengths;
+      for (const auto& run : runs) lengths.push_back(run.length);
+      // split, not narrow: its backward is one cat, where each narrow's would fill a zero
+      // tensor of the whole batch.
+      auto parts = ya.split_with_sizes(lengths, /*dim=*/0);
+      const auto xs = xa.split_with_sizes(lengths, /*dim=*/0);
+      for (size_t i = 0; i < runs.size(); ++i)
+        if (runs[i].slot != none)
+          parts[i] = kind()->add_branch(*rows.in_use[static_cast<size_t>(runs[i].slot)], parts[i], xs[i], training);
+      out = torch::cat(parts, /*dim=*/0);
+    } else {
+      const auto idx = torch::tensor(rows.slot, torch::kLong).to(x.device());
+      out = kind()->add_routed_branch(stacked(rows.in_use), idx, ya, xa, training);
+    }
+    return cast ? out.to(y.scalar_type()) : out;
+  }
+
+  /// `in_use` stacked (stack_adapters). Without gradients (a server's routed passes) the
+  /// stack is kept and reused while the same adapters are routed and none of their tensors or
+  /// scales changed (a tensor's version counter moves with every in-place write: training
+  /// steps, hot swaps); with gradients it is built on every pass, as autograd needs.
+  StackedAdapters stacked(const std::vector<const LayerAdapter*>& in_use) const {
+    bool grad = false;
+    if (torch::GradMode::is_enabled())
+      for (const auto* a : in_use) grad |= a->A.requires_grad() || a->B.requires_grad();
+    const auto build = [&] {
+      auto [A, B] = stack_adapters(in_use);
+      return StackedAdapters{in_use, std::move(A), std::move(B)};
+    };
+    if (grad) return build();
+    std::lock_guard<std::mutex> lock(stack_cache_.mutex);
+    if (!stack_cache_.holds(in_use)) stack_cache_.keep(in_use, build());
+    return stack_cache_.stack;
   }
 
   const LayerAdapterSet& bank() const { return bank_; }
 
  private:
+  /// The last stack built without gradients, and what it was built from (stacked()). The
+  /// tensors are held, so none of them can be freed and another allocated in its place.
+  struct StackCache {
+    StackCache() = default;
+    StackCache(const StackCache&) {}  // a copied layer (Module::clone) starts without
+    StackCache& operator=(const StackCache&) { return *this; }
+    struct Source {
+      const LayerAdapter* adapter;
+      torch::Tensor A, B;
+      int64_t a_version, b_version;
+      double scale;
+      int64_t rank;
+    };
+    bool holds(const std::vector<const LayerAdapter*>& in_use) const {
+      if (sources.size() != in_use.size()) return false;
+      for (size_t i = 0; i < in_use.size(); ++i) {
+        const auto& s = sources[i];
+        const auto* a = in_use[i];
+        if (s.adapter != a || !s.A.is_same(a->A) || !s.B.is_same(a->B) ||
+            s.a_version != static_cast<int64_t>(a->A._version()) ||
+            s.b_version != static_cast<int64_t>(a->B._version()) || s.scale != a->scale || s.rank != a->rank)
+          return false;
+      }
+      return true;
+    }
+    void keep(const std::vector<const LayerAdapter*>& in_use, StackedAdapters st) {
+      sources.clear();
+      for (const auto* a : in_use)
+        sources.push_back({a, a->A, a->B, static_cast<int64_t>(a->A._version()), static_cast<int64_t>(a->B._version()),
+                           a->scale, a->rank});
+      stack = std::move(st);
+    }
+    std::mutex mutex;  // forward passes of several threads
+    std::vector<Source> sources;
+    StackedAdapters stack;
+  };
+
   LayerAdapterSet bank_;
+  mutable StackCache stack_cache_;
 };
 
 }  // namespace lora::detail

@@ -30,6 +30,8 @@ struct LayerAdapter;
 
 namespace lora::detail {
 
+struct StackedAdapters;  // detail/routing.hpp
+
 /// Where B A goes in a weight: M = rows [row_offset, row_offset + rows) of W seen as a matrix
 /// (transposed, or with every dimension after the first flattened).
 struct MatrixView {
@@ -92,16 +94,20 @@ class Kind {
   /// s * (B A) in the weight's layout (the part of W the view covers): what a merge adds.
   virtual torch::Tensor delta(const LayerAdapter& a) const;
 
+  /// Whether the layer treats every position after the first (batch) dimension on its own
+  /// (Linear, Embedding; not a convolution): then consecutive rows can be computed as one.
+  virtual bool token_wise() const { return false; }
   /// Why rows of this kind's drop-in layer cannot each use their own adapter (lora/routing.hpp),
   /// or "" if they can.
   virtual std::string unroutable() const { return "per-row routing is not implemented for it"; }
   /// y + each row's own branch (lora/routing.hpp): row b of the batch (the first dimension of
-  /// `x` and `y`) goes through adapters[slot[b]], or none where slot[b] == adapters.size().
-  /// `slot` is a long tensor (N) on x's device. One batched computation for all rows
-  /// (detail/routing.hpp stacks the adapters, zero-padded to the largest rank).
-  virtual torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& /*adapters*/,
-                                          const torch::Tensor& /*slot*/, const torch::Tensor& /*y*/,
-                                          const torch::Tensor& /*x*/, bool /*training*/) const {
+  /// `x` and `y`) goes through adapter slot[b] of `stacked`, or none where slot[b] ==
+  /// stacked.adapters.size(). `slot` is a long tensor (N) on x's device. One batched
+  /// computation for all rows, with the adapters' A and s B stacked and zero-padded to the
+  /// largest rank (detail/routing.hpp).
+  virtual torch::Tensor add_routed_branch(const StackedAdapters& /*stacked*/, const torch::Tensor& /*slot*/,
+                                          const torch::Tensor& /*y*/, const torch::Tensor& /*x*/,
+                                          bool /*training*/) const {
     throw std::logic_error("lora: " + name() + " has no per-row path (Kind::unroutable() should have said so)");
   }
 };

@@ -10,7 +10,9 @@
 #include <torch/nn/functional/padding.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +26,43 @@ namespace lora::detail {
 struct Routing {
   std::vector<std::string> names;
   std::vector<int64_t> row_name;
+};
+
+/// One layer's part of a routed forward pass: the layer's adapters that the routing uses
+/// (`in_use`) and each row's slot among them (`in_use.size()`: the base model alone).
+struct RoutedRows {
+  std::vector<const LayerAdapter*> in_use;
+  std::vector<int64_t> slot;
+  /// Whether every row uses the same adapter (or none): then the layer's ordinary forward with
+  /// uniform_adapters() active computes the routed output exactly.
+  bool uniform() const { return std::adjacent_find(slot.begin(), slot.end(), std::not_equal_to<int64_t>()) == slot.end(); }
+  /// The adapter all rows use, as a list (empty: the base model). For uniform() rows.
+  std::vector<const LayerAdapter*> uniform_adapters() const {
+    if (slot.empty() || slot.front() >= static_cast<int64_t>(in_use.size())) return {};
+    return {in_use[static_cast<size_t>(slot.front())]};
+  }
+};
+
+/// A run of consecutive rows with the same slot: rows [begin, begin + length) use `slot`.
+struct RowRun {
+  int64_t begin, length, slot;
+};
+
+/// `slot` cut into runs of consecutive equal slots, in order.
+inline std::vector<RowRun> row_runs(const std::vector<int64_t>& slot) {
+  std::vector<RowRun> runs;
+  for (size_t b = 0; b < slot.size(); ++b) {
+    if (!runs.empty() && runs.back().slot == slot[b]) ++runs.back().length;
+    else runs.push_back({static_cast<int64_t>(b), 1, slot[b]});
+  }
+  return runs;
+}
+
+/// The adapters of a routed forward, as the kinds' add_routed_branch() takes them: the adapters
+/// and their A and s B stacked (stack_adapters below).
+struct StackedAdapters {
+  std::vector<const LayerAdapter*> adapters;
+  torch::Tensor A, B;
 };
 
 /// This thread's routing (nullptr: none). Each thread has its own, so one server thread's

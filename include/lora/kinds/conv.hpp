@@ -67,11 +67,12 @@ class Conv final : public detail::Kind {
   std::string unroutable() const override { return ""; }
   /// x (N, in, spatial...), y (N, out, spatial'...). Every adapter's A runs as one convolution
   /// of K R channels; row b keeps its adapter's R channels and goes through its B.
-  torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& adapters, const torch::Tensor& slot,
-                                  const torch::Tensor& y, const torch::Tensor& x, bool training) const override {
-    const auto [A, B] = detail::stack_adapters(adapters);  // (K+1, R, in k...), (K+1, out, R): s in B
-    const int64_t K = static_cast<int64_t>(adapters.size()), R = A.size(1), n = x.size(0);
-    const auto xd = detail::dropped_rows(x, adapters, slot, training);
+  torch::Tensor add_routed_branch(const detail::StackedAdapters& st, const torch::Tensor& slot, const torch::Tensor& y,
+                                  const torch::Tensor& x, bool training) const override {
+    const auto& A = st.A;  // (K+1, R, in k...)
+    const auto& B = st.B;  // (K+1, out, R): s in B
+    const int64_t K = static_cast<int64_t>(st.adapters.size()), R = A.size(1), n = x.size(0);
+    const auto xd = detail::dropped_rows(x, st.adapters, slot, training);
     const auto h_all = conv(xd, A.narrow(0, 0, K).reshape(a_shape(K * R, 0)), options_.stride(), options_.padding(),
                             options_.dilation());                         // (N, K R, spatial'...)
     const auto rows = torch::arange(n, slot.options());

@@ -53,16 +53,18 @@ class Embedding final : public detail::Kind {
     return y + torch::matmul(h, a.B.t()).mul_(a.scale);                 // (..., dim)
   }
 
+  bool token_wise() const override { return true; }
   std::string unroutable() const override {
     return scale_grad_by_freq_ ? "scale_grad_by_freq is set (the per-row lookup does not scale gradients by frequency)"
                                : "";
   }
   /// x: ids (N, ...), y (N, ..., dim). Row b looks its ids up in its own A^T (the stacked
   /// tables side by side, each `num` rows long).
-  torch::Tensor add_routed_branch(const std::vector<const LayerAdapter*>& adapters, const torch::Tensor& slot,
-                                  const torch::Tensor& y, const torch::Tensor& x, bool /*training*/) const override {
+  torch::Tensor add_routed_branch(const detail::StackedAdapters& st, const torch::Tensor& slot, const torch::Tensor& y,
+                                  const torch::Tensor& x, bool /*training*/) const override {
     namespace F = torch::nn::functional;
-    const auto [A, B] = detail::stack_adapters(adapters);  // (K+1, R, num), (K+1, dim, R): s in B
+    const auto& A = st.A;  // (K+1, R, num)
+    const auto& B = st.B;  // (K+1, dim, R): s in B
     const auto n = x.size(0), R = A.size(1), num = A.size(2);
     std::vector<int64_t> shape(x.dim(), 1);
     shape[0] = n;
