@@ -180,6 +180,15 @@ TEST_CASE("routing: the stacked adapters a layer keeps between passes follow eve
   s.handles[1].remove();  // "b", then a new "b" of another rank and init
   s.handles[1] = add(s.net, "b", 3, {"proj", "head"}, 6);
   check_rows("after b was removed and added again");
+  // Module::to() swaps the adapters' storage in place: the next pass restacks in float.
+  s.net->to(torch::kFloat);
+  const auto y = routed();
+  CHECK(y.scalar_type() == torch::kFloat);
+  double worst = 0;
+  for (size_t b = 0; b < kRows.size(); ++b)
+    worst = std::max(worst, (y.narrow(0, b, 1) - s.alone(b, kRows[b])).abs().max().item<double>());
+  INFO("in float: max |routed - alone| " << worst);
+  CHECK(worst < 1e-5);
 }
 
 TEST_CASE("routing: gradients of a routed batch reach each row's adapter as if its rows ran alone", "[serving][routing]") {

@@ -218,30 +218,46 @@ class AdapterHost {
     StackCache() = default;
     StackCache(const StackCache&) {}  // a copied layer (Module::clone) starts without
     StackCache& operator=(const StackCache&) { return *this; }
+    /// What one adapter's part of the stack was built from. Module::to() swaps a tensor's
+    /// storage in place (same tensor, new data, dtype or device), hence data, dtype, device.
     struct Source {
       const LayerAdapter* adapter;
       torch::Tensor A, B;
       int64_t a_version, b_version;
+      const void* a_data;
+      const void* b_data;
+      c10::ScalarType dtype;
+      c10::Device device;
       double scale;
       int64_t rank;
+      static Source of(const LayerAdapter* a) {
+        return {a,
+                a->A,
+                a->B,
+                static_cast<int64_t>(a->A._version()),
+                static_cast<int64_t>(a->B._version()),
+                a->A.data_ptr(),
+                a->B.data_ptr(),
+                a->A.scalar_type(),
+                a->A.device(),
+                a->scale,
+                a->rank};
+      }
+      bool same(const Source& o) const {
+        return adapter == o.adapter && A.is_same(o.A) && B.is_same(o.B) && a_version == o.a_version &&
+               b_version == o.b_version && a_data == o.a_data && b_data == o.b_data && dtype == o.dtype &&
+               device == o.device && scale == o.scale && rank == o.rank;
+      }
     };
     bool holds(const std::vector<const LayerAdapter*>& in_use) const {
       if (sources.size() != in_use.size()) return false;
-      for (size_t i = 0; i < in_use.size(); ++i) {
-        const auto& s = sources[i];
-        const auto* a = in_use[i];
-        if (s.adapter != a || !s.A.is_same(a->A) || !s.B.is_same(a->B) ||
-            s.a_version != static_cast<int64_t>(a->A._version()) ||
-            s.b_version != static_cast<int64_t>(a->B._version()) || s.scale != a->scale || s.rank != a->rank)
-          return false;
-      }
+      for (size_t i = 0; i < in_use.size(); ++i)
+        if (!sources[i].same(Source::of(in_use[i]))) return false;
       return true;
     }
     void keep(const std::vector<const LayerAdapter*>& in_use, StackedAdapters st) {
       sources.clear();
-      for (const auto* a : in_use)
-        sources.push_back({a, a->A, a->B, static_cast<int64_t>(a->A._version()), static_cast<int64_t>(a->B._version()),
-                           a->scale, a->rank});
+      for (const auto* a : in_use) sources.push_back(Source::of(a));
       stack = std::move(st);
     }
     std::mutex mutex;  // forward passes of several threads
